@@ -1,0 +1,157 @@
+"""Config defaults in SlowFast's schema (yacs CfgNode: unknown keys and wrong types are errors).
+
+The keys and defaults are the ones SPIN's YAML files and SlowFast users know; everything that
+extends the published design space sits under CONVMIXER.WEIGHT_SHARE with a default that keeps
+upstream behaviour.
+"""
+from yacs.config import CfgNode
+
+_C = CfgNode()
+
+# ------------------------------------------------------------------------------ training
+_C.TRAIN = CfgNode()
+_C.TRAIN.ENABLE = True
+_C.TRAIN.DATASET = "imagenet"
+# Per machine (SlowFast meaning): split over NUM_GPUS processes on that machine.
+_C.TRAIN.BATCH_SIZE = 64
+_C.TRAIN.EVAL_PERIOD = 10
+_C.TRAIN.CHECKPOINT_PERIOD = 10
+_C.TRAIN.AUTO_RESUME = True
+_C.TRAIN.CHECKPOINT_FILE_PATH = ""
+_C.TRAIN.CHECKPOINT_TYPE = "pytorch"
+_C.TRAIN.CHECKPOINT_INFLATE = False
+_C.TRAIN.CHECKPOINT_EPOCH_RESET = False
+_C.TRAIN.MIXED_PRECISION = False
+# Autocast dtype when MIXED_PRECISION: float16 (CUDA, with GradScaler) or bfloat16.
+_C.TRAIN.AMP_DTYPE = "float16"
+_C.TRAIN.CHANNELS_LAST = False
+_C.TRAIN.COMPILE = False
+# Stop an epoch after this many iterations (0 = the whole epoch); for smoke runs.
+_C.TRAIN.MAX_ITERS_PER_EPOCH = 0
+
+# ------------------------------------------------------------------------------ data
+_C.DATA = CfgNode()
+_C.DATA.PATH_TO_DATA_DIR = ""
+_C.DATA.MEAN = [0.485, 0.456, 0.406]
+_C.DATA.STD = [0.229, 0.224, 0.225]
+_C.DATA.NUM_FRAMES = 1
+_C.DATA.SAMPLING_RATE = 1
+_C.DATA.TRAIN_CROP_SIZE = 224
+_C.DATA.TEST_CROP_SIZE = 224
+_C.DATA.INPUT_CHANNEL_NUM = [3]
+_C.DATA.TRAIN_JITTER_SCALES_RELATIVE = [0.08, 1.0]
+_C.DATA.TRAIN_JITTER_ASPECT_RELATIVE = [0.75, 1.3333333333333333]
+# Eval resize: int(crop / VAL_CROP_RATIO) then center crop (224 -> 256 at 0.875).
+_C.DATA.VAL_CROP_RATIO = 0.875
+# torchvision data sets (cifar10/100) only download when asked.
+_C.DATA.DOWNLOAD = False
+
+# ------------------------------------------------------------------------------ model
+_C.CONVMIXER = CfgNode()
+_C.CONVMIXER.CHANNEL = 768
+_C.CONVMIXER.DEPTH = 32
+_C.CONVMIXER.PATCH_KERNEL = 7
+_C.CONVMIXER.PATCH_STRIDE = 7
+_C.CONVMIXER.PATCH_PADDING = 0
+_C.CONVMIXER.KERNEL = 3
+_C.CONVMIXER.ACT_FUNC = "RELU"
+# True: SPIN block (both halves residual). False: original ConvMixer / timm block.
+_C.CONVMIXER.POINTWISE_RESIDUAL = True
+
+_C.CONVMIXER.WEIGHT_SHARE = CfgNode()
+_C.CONVMIXER.WEIGHT_SHARE.ENABLE = False
+# uniform | front | back | middle | custom (then GROUP_SIZES)
+_C.CONVMIXER.WEIGHT_SHARE.SHARING_DISTRIBUTION = "uniform"
+# sequential | strided | pyramid | random (seeded by SEED) | custom (then LAYER_MAP)
+_C.CONVMIXER.WEIGHT_SHARE.SHARING_MAPPING = "sequential"
+_C.CONVMIXER.WEIGHT_SHARE.SHARE_RATE = 1
+# None | mean | choose_first | scalar_weighted_mean | channel_weighted_mean
+_C.CONVMIXER.WEIGHT_SHARE.REDUCTION_FN = None
+# Extensions (defaults keep upstream behaviour):
+# number of unique sets N; 0 = DEPTH // SHARE_RATE.
+_C.CONVMIXER.WEIGHT_SHARE.NUM_SETS = 0
+# explicit group sizes, used when SHARING_DISTRIBUTION is custom.
+_C.CONVMIXER.WEIGHT_SHARE.GROUP_SIZES = []
+# explicit layer -> set map, used when SHARING_MAPPING is custom.
+_C.CONVMIXER.WEIGHT_SHARE.LAYER_MAP = []
+# seed of the random mapping (part of the architecture: stored with every checkpoint's cfg).
+_C.CONVMIXER.WEIGHT_SHARE.SEED = 0
+# what is shared: pointwise | depthwise | norm, joined with '+'; 'both' = pointwise+depthwise.
+_C.CONVMIXER.WEIGHT_SHARE.SCOPE = "pointwise"
+
+_C.MODEL = CfgNode()
+_C.MODEL.NUM_CLASSES = 1000
+_C.MODEL.ARCH = "2d"
+_C.MODEL.MODEL_NAME = "WSConvMixer"
+_C.MODEL.LOSS_FUNC = "cross_entropy"
+_C.MODEL.DROPOUT_RATE = 0.5
+
+# ------------------------------------------------------------------------------ augmentation
+_C.AUG = CfgNode()
+_C.AUG.ENABLE = False
+_C.AUG.NUM_SAMPLE = 1
+_C.AUG.COLOR_JITTER = 0.4
+_C.AUG.AA_TYPE = "rand-m9-mstd0.5-inc1"
+_C.AUG.INTERPOLATION = "bicubic"
+_C.AUG.RE_PROB = 0.25
+_C.AUG.RE_MODE = "pixel"
+_C.AUG.RE_COUNT = 1
+_C.AUG.RE_SPLIT = False
+
+_C.MIXUP = CfgNode()
+_C.MIXUP.ENABLE = False
+_C.MIXUP.ALPHA = 0.8
+_C.MIXUP.CUTMIX_ALPHA = 1.0
+_C.MIXUP.PROB = 1.0
+_C.MIXUP.SWITCH_PROB = 0.5
+_C.MIXUP.LABEL_SMOOTH_VALUE = 0.1
+
+# ------------------------------------------------------------------------------ solver
+_C.SOLVER = CfgNode()
+_C.SOLVER.BASE_LR = 0.1
+_C.SOLVER.BASE_LR_SCALE_NUM_SHARDS = False
+_C.SOLVER.LR_POLICY = "cosine"
+_C.SOLVER.COSINE_END_LR = 0.0
+_C.SOLVER.MAX_EPOCH = 300
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.DAMPENING = 0.0
+_C.SOLVER.NESTEROV = True
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.WARMUP_EPOCHS = 0.0
+_C.SOLVER.WARMUP_START_LR = 0.01
+_C.SOLVER.OPTIMIZING_METHOD = "sgd"
+_C.SOLVER.CLIP_GRAD_L2NORM = None
+
+_C.BN = CfgNode()
+_C.BN.WEIGHT_DECAY = 0.0
+
+# ------------------------------------------------------------------------------ test
+_C.TEST = CfgNode()
+_C.TEST.ENABLE = True
+_C.TEST.DATASET = "imagenet"
+_C.TEST.BATCH_SIZE = 8
+_C.TEST.CHECKPOINT_FILE_PATH = ""
+_C.TEST.CHECKPOINT_TYPE = "pytorch"
+
+_C.DATA_LOADER = CfgNode()
+_C.DATA_LOADER.NUM_WORKERS = 8
+_C.DATA_LOADER.PIN_MEMORY = True
+
+_C.TENSORBOARD = CfgNode()
+_C.TENSORBOARD.ENABLE = False
+_C.TENSORBOARD.LOG_DIR = ""
+
+# ------------------------------------------------------------------------------ run
+_C.NUM_GPUS = 1
+_C.NUM_SHARDS = 1
+_C.SHARD_ID = 0
+_C.RNG_SEED = 1
+_C.OUTPUT_DIR = "."
+_C.LOG_PERIOD = 10
+_C.LOG_MODEL_INFO = True
+_C.DIST_BACKEND = "nccl"
+
+
+def get_cfg() -> CfgNode:
+    """A fresh copy of the defaults."""
+    return _C.clone()

@@ -1,0 +1,1 @@
+"""Training engine: checkpoints, optimisation, the train/eval loops and distributed helpers."""

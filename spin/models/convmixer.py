@@ -1,0 +1,259 @@
+"""ConvMixer with parameter sharing across layers: vanilla, WS and WFWS in one class.
+
+Block i (SPIN semantics, ``pointwise_residual=True``; x is (B, C, H, W)):
+
+    x = x + BN_a(act(DWConv_i(x)))                       # depthwise KxK, groups=C
+    x = x + BN_b(act(conv1x1(x, W[p(i)], b[p(i)])))      # shared pointwise set p(i)
+
+``pointwise_residual=False`` drops the second residual: the original ConvMixer (timm) block.
+
+Pointwise weights always live at model level (``pwise_w.{j}``, ``pwise_b.{j}``, upstream's keys):
+N entries for a WS model, D for vanilla (N = D) and for WFWS, which keeps all D per-layer sets and
+fuses them into N on every forward. Depthwise weights and BatchNorms live in the blocks unless the
+plan's scope shares them; then they move to model level (``dwise_w.{j}``/``dwise_b.{j}``,
+``norm_a.{j}``/``norm_b.{j}``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..fusion import FusionIndex, coefficient_shape, parse_fusion
+from ..sharing import SharingError, SharingPlan
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def _act(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name.lower()]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; allowed: RELU, GELU") from None
+
+
+class PatchEmbed(nn.Module):
+    """(B, 3, H, W) -> (B, C, H/P, W/P): conv -> act -> BN."""
+
+    def __init__(self, in_chans: int, dim: int, kernel: int, stride: int, padding: int, act: str):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, kernel, stride=stride, padding=padding)
+        self.act = _act(act)
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x):
+        return self.bn(self.act(self.conv(x)))
+
+
+class MixerBlock(nn.Module):
+    """One layer. Shared weights are passed in; the ones it owns are used otherwise."""
+
+    def __init__(self, dim: int, kernel_size: int, act: str, own_dwise: bool, own_norm: bool,
+                 pointwise_residual: bool):
+        super().__init__()
+        conv = nn.Conv2d(dim, dim, kernel_size, groups=dim, padding=(kernel_size - 1) // 2)
+        # Index 0/2 keep upstream's keys dwise_blk.0 (conv) and dwise_blk.2 (BN).
+        self.dwise_blk = nn.Sequential(conv if own_dwise else nn.Identity(), _act(act),
+                                       nn.BatchNorm2d(dim) if own_norm else nn.Identity())
+        self.bn2 = nn.BatchNorm2d(dim) if own_norm else nn.Identity()
+        self.act = _act(act)
+        self.padding = (kernel_size - 1) // 2
+        self.pointwise_residual = pointwise_residual
+
+    def forward(self, x, pw_w, pw_b, dw_w=None, dw_b=None, norm_a=None, norm_b=None):
+        conv, act, bn_a = self.dwise_blk
+        if dw_w is None:
+            y = conv(x)
+        else:
+            y = F.conv2d(x, dw_w, dw_b, padding=self.padding, groups=x.shape[1])
+        x = x + (bn_a if norm_a is None else norm_a)(act(y))
+        y = (self.bn2 if norm_b is None else norm_b)(self.act(F.conv2d(x, pw_w, pw_b)))
+        return x + y if self.pointwise_residual else y
+
+
+class ClassifierHead(nn.Module):
+    """(B, C, H, W) -> (B, classes): global average pool, dropout, linear (key ``head.fc``)."""
+
+    def __init__(self, dim: int, num_classes: int, drop_rate: float):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x, pre_logits: bool = False):
+        x = self.dropout(self.pool(x).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+
+class SpinConvMixer(nn.Module):
+    """ConvMixer with an optional sharing plan and weight fusion (upstream name: WSConvMixer)."""
+
+    def __init__(
+        self,
+        dim: int = 768,
+        depth: int = 32,
+        patch_kernel: int = 14,
+        patch_stride: Optional[int] = None,
+        patch_padding: int = 0,
+        kernel_size: int = 3,
+        act: str = "relu",
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        plan: Optional[SharingPlan] = None,
+        fusion: Optional[str] = None,
+        pointwise_residual: bool = True,
+    ):
+        super().__init__()
+        plan = plan or SharingPlan.unshared(depth)
+        if plan.depth != depth:
+            raise SharingError(f"sharing plan is for depth {plan.depth}, model depth is {depth}")
+        fusion = parse_fusion(fusion)
+        if fusion and plan.shares("norm"):
+            raise SharingError("weight fusion of shared BatchNorm is not supported (running "
+                               "statistics cannot be fused exactly); drop 'norm' from the scope")
+        # Everything but the plan and fusion, so fuse() can rebuild the same architecture.
+        self.arch = dict(dim=dim, depth=depth, patch_kernel=patch_kernel,
+                         patch_stride=patch_stride or patch_kernel, patch_padding=patch_padding,
+                         kernel_size=kernel_size, act=act, num_classes=num_classes,
+                         in_chans=in_chans, drop_rate=drop_rate,
+                         pointwise_residual=pointwise_residual)
+        self.dim, self.depth, self.num_classes, self.num_features = dim, depth, num_classes, dim
+        self.plan, self.fusion = plan, fusion
+        self.share_dwise, self.share_norm = plan.shares("depthwise"), plan.shares("norm")
+        # A shared part stores N sets (WS) or all D (WFWS: fused to N per forward). Pointwise
+        # weights always sit at model level, so vanilla (N = D) has upstream's keys too.
+        share_pw = plan.shares("pointwise")
+        n_pw = plan.num_sets if share_pw and not fusion else depth
+        n_dw = plan.num_sets if not fusion else depth
+
+        self.patch_embed = PatchEmbed(in_chans, dim, patch_kernel, patch_stride or patch_kernel,
+                                      patch_padding, act)
+        self.pwise_w = nn.ParameterList([nn.Parameter(torch.empty(dim, dim, 1, 1)) for _ in range(n_pw)])
+        self.pwise_b = nn.ParameterList([nn.Parameter(torch.empty(dim)) for _ in range(n_pw)])
+        cshape = coefficient_shape(fusion, dim)
+        if cshape and share_pw:
+            self.reduction_w = nn.ParameterList([nn.Parameter(torch.ones(cshape)) for _ in range(depth)])
+        if self.share_dwise:
+            self.dwise_w = nn.ParameterList(
+                [nn.Parameter(torch.empty(dim, 1, kernel_size, kernel_size)) for _ in range(n_dw)])
+            self.dwise_b = nn.ParameterList([nn.Parameter(torch.empty(dim)) for _ in range(n_dw)])
+            if cshape:
+                self.dwise_reduction_w = nn.ParameterList(
+                    [nn.Parameter(torch.ones(cshape)) for _ in range(depth)])
+        if self.share_norm:
+            self.norm_a = nn.ModuleList([nn.BatchNorm2d(dim) for _ in range(plan.num_sets)])
+            self.norm_b = nn.ModuleList([nn.BatchNorm2d(dim) for _ in range(plan.num_sets)])
+        self.blocks = nn.ModuleList([
+            MixerBlock(dim, kernel_size, act, not self.share_dwise, not self.share_norm,
+                       pointwise_residual) for _ in range(depth)])
+        self.head = ClassifierHead(dim, num_classes, drop_rate)
+        self.fusion_index = FusionIndex(plan)
+        # Which stored entry layer i reads: its set when the part is shared (after fusion for
+        # WFWS), its own entry otherwise.
+        self.pw_index = list(plan.layer_to_set) if share_pw else list(range(depth))
+        self.fused_pw = bool(fusion) and share_pw
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+        for w in list(self.pwise_w) + list(getattr(self, "dwise_w", [])):
+            nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
+        for b in list(self.pwise_b) + list(getattr(self, "dwise_b", [])):
+            nn.init.zeros_(b)
+
+    # ----------------------------------------------------------------------- shared weights
+    def _fused(self, weights: nn.ParameterList, coeffs: Optional[nn.ParameterList], is_bias: bool):
+        c = torch.stack(list(coeffs)) if coeffs is not None else None  # (D, 1|C)
+        return self.fusion_index.fuse(torch.stack(list(weights)), self.fusion, c, is_bias)
+
+    def layer_weights(self) -> list[dict[str, torch.Tensor]]:
+        """Per layer, the shared tensors it uses: keys pw_w, pw_b and, when shared, dw_w, dw_b,
+        norm_a, norm_b. WFWS fuses here, so the graph runs through all D stored sets."""
+        coeffs = getattr(self, "reduction_w", None)
+        if self.fused_pw:
+            pw_w, pw_b = self._fused(self.pwise_w, coeffs, False), self._fused(self.pwise_b, None, True)
+        else:
+            pw_w, pw_b = self.pwise_w, self.pwise_b
+        out = [{"pw_w": pw_w[j], "pw_b": pw_b[j]} for j in self.pw_index]
+        if self.share_dwise:
+            if self.fusion:
+                dc = getattr(self, "dwise_reduction_w", None)
+                dw_w, dw_b = self._fused(self.dwise_w, dc, False), self._fused(self.dwise_b, None, True)
+            else:
+                dw_w, dw_b = self.dwise_w, self.dwise_b
+            for i, g in enumerate(self.plan.layer_to_set):
+                out[i].update(dw_w=dw_w[g], dw_b=dw_b[g])
+        if self.share_norm:
+            for i, g in enumerate(self.plan.layer_to_set):
+                out[i].update(norm_a=self.norm_a[g], norm_b=self.norm_b[g])
+        return out
+
+    # ------------------------------------------------------------------------ model contract
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, H/P, W/P)."""
+        x = self.patch_embed(x)
+        for block, w in zip(self.blocks, self.layer_weights()):
+            x = block(x, **w)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: Union[torch.Tensor, list, tuple]) -> torch.Tensor:
+        if isinstance(x, (list, tuple)):  # SlowFast passes a list of pathways; images have one
+            if len(x) != 1:
+                raise ValueError(f"expected a tensor or a one-element list, got {len(x)} inputs")
+            x = x[0]
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int):
+        self.num_classes = num_classes
+        fc = nn.Linear(self.dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.normal_(fc.weight, 0.0, 0.01)
+            nn.init.zeros_(fc.bias)
+        self.head.fc = fc.to(self.pwise_w[0].device)
+
+    # ----------------------------------------------------------------------------- export
+    def unique_parameters(self) -> int:
+        """Parameters of the model a fused export would have (= numel for non-WFWS models)."""
+        if not self.fusion:
+            return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.fuse().parameters())
+
+    @torch.no_grad()
+    def fuse(self) -> "SpinConvMixer":
+        """Export a plain WS model with N sets whose logits equal this WFWS model's."""
+        if not self.fusion:
+            raise SharingError("fuse() needs a WFWS model (a REDUCTION_FN); this model has none")
+        arch = dict(self.arch, num_classes=self.num_classes)  # reset_classifier may have run
+        ws = SpinConvMixer(**arch, plan=self.plan, fusion=None).to(self.pwise_w[0].device)
+        dropped = ("reduction_w.", "dwise_reduction_w.")
+        dropped += ("pwise_",) if self.fused_pw else ()
+        dropped += ("dwise_w.", "dwise_b.") if self.share_dwise else ()
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(dropped)}
+        per_layer = self.layer_weights()
+        for g, group in enumerate(self.plan.groups):
+            w = per_layer[group[0]]  # every member of the group reads the same fused tensors
+            if self.fused_pw:
+                state[f"pwise_w.{g}"], state[f"pwise_b.{g}"] = w["pw_w"], w["pw_b"]
+            if self.share_dwise:
+                state[f"dwise_w.{g}"], state[f"dwise_b.{g}"] = w["dw_w"], w["dw_b"]
+        ws.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
+        ws.train(self.training)
+        return ws

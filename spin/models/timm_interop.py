@@ -1,0 +1,77 @@
+"""Interop with timm: convert timm ConvMixer weights, and make spin models creatable by timm.
+
+timm's ``ConvMixer`` keys (one block i): ``blocks.i.0.fn.0`` depthwise conv, ``blocks.i.0.fn.2``
+its BN, ``blocks.i.1`` pointwise conv, ``blocks.i.3`` its BN; ``stem.0``/``stem.2``; ``head``.
+Its block has no residual around the pointwise half, so the spin model must be built with
+``pointwise_residual=False`` (e.g. ``convmixer_768_32``) to reproduce timm's logits. Loading the
+result into a WFWS model gives it all D pretrained pointwise sets.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from . import builders
+from .registry import list_models
+
+_RULES = [
+    (r"^stem\.0\.(.*)$", r"patch_embed.conv.\1"),
+    (r"^stem\.2\.(.*)$", r"patch_embed.bn.\1"),
+    (r"^blocks\.(\d+)\.0\.fn\.0\.(.*)$", r"blocks.\1.dwise_blk.0.\2"),
+    (r"^blocks\.(\d+)\.0\.fn\.2\.(.*)$", r"blocks.\1.dwise_blk.2.\2"),
+    (r"^blocks\.(\d+)\.1\.weight$", r"pwise_w.\1"),
+    (r"^blocks\.(\d+)\.1\.bias$", r"pwise_b.\1"),
+    (r"^blocks\.(\d+)\.3\.(.*)$", r"blocks.\1.bn2.\2"),
+    (r"^head\.(weight|bias)$", r"head.fc.\1"),
+]
+
+
+def convert_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ConvMixer state dict -> spin keys (per-layer pointwise sets pwise_w.{i})."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _RULES:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                out[new] = value
+                break
+        else:
+            raise KeyError(f"key {key!r} is not part of a timm ConvMixer state dict; "
+                           f"convert only timm.models.convmixer.ConvMixer weights")
+    return out
+
+
+def _timm_entrypoint(builder):
+    def entry(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+              cache_dir=None, **kwargs):
+        if pretrained:
+            raise ValueError(
+                f"no hub weights for {entry.__name__}; load a spin checkpoint instead "
+                f"(spin.engine.checkpoint.load_model_weights) or timm weights through "
+                f"spin.models.convert_timm_state_dict")
+        kwargs.pop("device", None), kwargs.pop("dtype", None)
+        if "drop_rate" in kwargs and kwargs["drop_rate"] is None:
+            kwargs.pop("drop_rate")
+        return builder(**kwargs)
+
+    entry.__name__ = entry.__qualname__ = "spin_" + builder.__name__
+    entry.__module__ = __name__
+    entry.__doc__ = builder.__doc__
+    return entry
+
+
+def register_with_timm() -> list[str]:
+    """Register every spin builder in timm's registry as ``spin_<name>``; returns the names."""
+    from timm.models import register_model as timm_register
+    from timm.models import is_model
+
+    names = []
+    for name in list_models():
+        timm_name = "spin_" + name
+        if not is_model(timm_name):
+            fn = _timm_entrypoint(getattr(builders, name))
+            globals()[timm_name] = fn  # timm records the entrypoint's module and name
+            timm_register(fn)
+        names.append(timm_name)
+    return names

@@ -1,0 +1,239 @@
+"""The sharing plan: which layers share one set of weights, and which weights are shared.
+
+A plan for a network of depth D has three parts (SPIN §3, design space):
+
+* distribution: the sizes of the N groups (how many layers use each unique set), summing to D.
+  ``uniform``  every group has r = D / N layers (upstream's only option);
+  ``front``    sizes grow from the first group to the last: early layers keep (nearly) unique
+               weights, late layers share;
+  ``back``     the reverse of ``front``;
+  ``middle``   smallest groups in the middle, largest at both ends;
+  or an explicit list of group sizes.
+* mapping: which layers form each group.
+  ``sequential`` contiguous runs [0,0,1,1,...];
+  ``strided``    round-robin over the sets that still have room [0,1,..,N-1,0,1,...];
+  ``pyramid``    round-robin that reverses direction every pass (0..N-1, N-1..0, ...);
+  ``random``     a seeded shuffle of the sequential map (reproducible from the seed alone);
+  or an explicit layer -> set list.
+* scope: which per-layer weights are replaced by shared sets: ``pointwise`` (upstream),
+  ``depthwise``, ``norm`` (BatchNorm, the paper's diverging ablation), joined with ``+``.
+
+Non-uniform distributions put every group at size 1 and hand out the remaining D - N layers in
+proportion to a ramp (front: 0..N-1, back: N-1..0, middle: distance from the centre) with the
+largest-remainder rule, so N is the same as for ``uniform`` and the result is deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+DISTRIBUTIONS = ("uniform", "front", "back", "middle")
+MAPPINGS = ("sequential", "strided", "pyramid", "random")
+SCOPE_PARTS = ("pointwise", "depthwise", "norm")
+SCOPE_ALIASES = {"both": ("pointwise", "depthwise"), "all": SCOPE_PARTS, "bn": ("norm",)}
+
+Distribution = Union[str, Sequence[int]]
+Mapping = Union[str, Sequence[int]]
+
+
+class SharingError(ValueError):
+    """An invalid sharing plan. The message names the bad value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class SharingPlan:
+    """A resolved plan. ``layer_to_set[i]`` is the set used by layer i; ``groups[g]`` lists the
+    layers of set g in layer order; ``scope`` names the shared weight kinds."""
+
+    layer_to_set: tuple[int, ...]
+    scope: tuple[str, ...] = ("pointwise",)
+    groups: tuple[tuple[int, ...], ...] = field(init=False)
+
+    def __post_init__(self):
+        m = self.layer_to_set
+        if not m:
+            raise SharingError("a sharing plan needs depth >= 1, got an empty layer map")
+        n = max(m) + 1
+        if min(m) < 0:
+            raise SharingError(f"layer map {list(m)} has a negative set index; sets are 0..N-1")
+        unused = [g for g in range(n) if g not in m]
+        if unused:
+            raise SharingError(
+                f"layer map {list(m)} leaves set(s) {unused} used by no layer; "
+                f"number the sets 0..N-1 with every set used at least once")
+        groups = tuple(tuple(i for i, g in enumerate(m) if g == s) for s in range(n))
+        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "scope", parse_scope(self.scope))
+
+    @property
+    def depth(self) -> int:
+        return len(self.layer_to_set)
+
+    @property
+    def num_sets(self) -> int:
+        return len(self.groups)
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        return tuple(len(g) for g in self.groups)
+
+    @property
+    def is_shared(self) -> bool:
+        return self.num_sets < self.depth
+
+    def shares(self, part: str) -> bool:
+        """True when per-layer weights of kind ``part`` are replaced by the N sets."""
+        return self.is_shared and part in self.scope
+
+    @classmethod
+    def unshared(cls, depth: int) -> "SharingPlan":
+        return cls(tuple(range(depth)))
+
+
+def parse_scope(scope: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """'pointwise', 'both', 'pointwise+norm', ['depthwise', 'norm'] -> canonical sorted tuple."""
+    parts = scope.replace(",", "+").split("+") if isinstance(scope, str) else list(scope)
+    out: set[str] = set()
+    for p in parts:
+        p = p.strip().lower()
+        if p in SCOPE_ALIASES:
+            out.update(SCOPE_ALIASES[p])
+        elif p in SCOPE_PARTS:
+            out.add(p)
+        else:
+            raise SharingError(
+                f"unknown sharing scope {p!r} in {scope!r}; allowed: {', '.join(SCOPE_PARTS)} "
+                f"joined with '+', or {', '.join(SCOPE_ALIASES)}")
+    if not out:
+        raise SharingError(f"empty sharing scope {scope!r}; use e.g. 'pointwise'")
+    return tuple(p for p in SCOPE_PARTS if p in out)
+
+
+def group_sizes(depth: int, num_sets: int, distribution: Distribution = "uniform") -> list[int]:
+    """Sizes of the ``num_sets`` groups for a named or explicit distribution (sum = depth)."""
+    if not isinstance(distribution, str):
+        sizes = [int(s) for s in distribution]
+        if sum(sizes) != depth or any(s < 1 for s in sizes):
+            raise SharingError(
+                f"explicit group sizes {sizes} must be >= 1 each and sum to the depth {depth} "
+                f"(they sum to {sum(sizes)})")
+        return sizes
+    if not 1 <= num_sets <= depth:
+        raise SharingError(f"number of sets must be in 1..{depth} (the depth), got {num_sets}")
+    name = distribution.lower()
+    if name == "uniform":
+        if depth % num_sets:
+            raise SharingError(
+                f"uniform distribution needs the depth {depth} divisible by the number of sets "
+                f"{num_sets} (share rate {depth / num_sets:g}); pick a rate that divides {depth}, "
+                f"or a non-uniform distribution (front, back, middle) or explicit GROUP_SIZES")
+        return [depth // num_sets] * num_sets
+    n = num_sets
+    if name == "front":
+        ramp = [float(k) for k in range(n)]
+    elif name == "back":
+        ramp = [float(n - 1 - k) for k in range(n)]
+    elif name == "middle":
+        ramp = [abs(k - (n - 1) / 2) for k in range(n)]
+    else:
+        raise SharingError(
+            f"unknown sharing distribution {distribution!r}; allowed: {', '.join(DISTRIBUTIONS)}, "
+            f"or an explicit list of group sizes (config: SHARING_DISTRIBUTION custom + GROUP_SIZES)")
+    extra = depth - n
+    total = sum(ramp)
+    if extra == 0 or total == 0:  # nothing to hand out, or n == 1 (one group of all layers)
+        return [1 + (extra if k == 0 else 0) for k in range(n)]
+    shares = [extra * w / total for w in ramp]
+    sizes = [1 + int(s) for s in shares]
+    left = depth - sum(sizes)
+    # Largest remainder; ties go to the heavier ramp position, then the later group.
+    order = sorted(range(n), key=lambda k: (shares[k] - int(shares[k]), ramp[k], k), reverse=True)
+    for k in order[:left]:
+        sizes[k] += 1
+    return sizes
+
+
+def _splitmix64(seed: int):
+    """A tiny PRNG defined here so a random map depends on the seed alone, not on the
+    version of Python's or torch's generators (checkpoints must rebuild the same map)."""
+    state = seed & 0xFFFFFFFFFFFFFFFF
+    while True:
+        state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        yield z ^ (z >> 31)
+
+
+def layer_map(sizes: Sequence[int], mapping: str = "sequential", seed: int = 0) -> list[int]:
+    """Layer -> set map that gives set g exactly sizes[g] layers."""
+    depth, n = sum(sizes), len(sizes)
+    name = mapping.lower()
+    if name in ("sequential", "random"):
+        out = [g for g in range(n) for _ in range(sizes[g])]
+        if name == "random":
+            rng = _splitmix64(seed)
+            for i in range(depth - 1, 0, -1):  # Fisher-Yates
+                j = next(rng) % (i + 1)
+                out[i], out[j] = out[j], out[i]
+        return out
+    if name not in ("strided", "pyramid"):
+        raise SharingError(
+            f"unknown sharing mapping {mapping!r}; allowed: {', '.join(MAPPINGS)}, "
+            f"or an explicit layer->set list (config: SHARING_MAPPING custom + LAYER_MAP)")
+    room = list(sizes)
+    out: list[int] = []
+    forward = True
+    while len(out) < depth:
+        order = range(n) if forward else range(n - 1, -1, -1)
+        for g in order:
+            if room[g]:
+                out.append(g)
+                room[g] -= 1
+        if name == "pyramid":
+            forward = not forward
+    return out
+
+
+def build_plan(
+    depth: int,
+    share_rate: int = 1,
+    num_sets: int = 0,
+    distribution: Distribution = "uniform",
+    mapping: Mapping = "sequential",
+    seed: int = 0,
+    scope: Union[str, Sequence[str]] = "pointwise",
+) -> SharingPlan:
+    """Resolve a plan. ``num_sets`` (if > 0) overrides ``share_rate``: N = depth // share_rate.
+
+    An explicit ``mapping`` list fixes the groups by itself; an explicit ``distribution`` list
+    fixes N to its length.
+    """
+    if depth < 1:
+        raise SharingError(f"depth must be >= 1, got {depth}")
+    if not isinstance(mapping, str):
+        m = [int(g) for g in mapping]
+        if len(m) != depth:
+            raise SharingError(
+                f"explicit layer map has {len(m)} entries but the depth is {depth}; "
+                f"give one set index per layer")
+        plan = SharingPlan(tuple(m), parse_scope(scope))
+        if not isinstance(distribution, str) and list(distribution) != list(plan.group_sizes):
+            raise SharingError(
+                f"explicit group sizes {list(distribution)} disagree with the explicit layer map "
+                f"{m} (its sizes are {list(plan.group_sizes)}); give only one of them")
+        return plan
+    if isinstance(distribution, str):
+        if num_sets <= 0:
+            if share_rate < 1:
+                raise SharingError(f"share rate must be >= 1, got {share_rate}")
+            if share_rate > depth:
+                raise SharingError(f"share rate {share_rate} exceeds the depth {depth}")
+            if distribution.lower() == "uniform" and depth % share_rate:
+                raise SharingError(
+                    f"uniform distribution needs the depth {depth} divisible by the share rate "
+                    f"{share_rate}; pick a rate that divides {depth}, or a non-uniform "
+                    f"distribution (front, back, middle) or explicit GROUP_SIZES")
+            num_sets = depth // share_rate
+    sizes = group_sizes(depth, num_sets, distribution)
+    return SharingPlan(tuple(layer_map(sizes, mapping, seed)), parse_scope(scope))
