@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Sets up .venv if missing, then runs the main job. With no arguments: builds the default model
-# and prints its summary (training arrives with the engine).
+# bash run.sh                 set up .venv if missing, train the WS-ConvMixer on the embedded digits
+# bash run.sh --cfg F K V ... the same job on your config; NUM_GPUS > 1 on a CUDA machine launches
+#                             one process per GPU through torchrun
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 bash setup.sh
-exec .venv/bin/python -c "
-from spin.config import load_config
-from spin.models import build_model
-m = build_model(load_config(['configs/WS-ConvMixer.yaml']))
-print(m.plan)
-print('parameters', sum(p.numel() for p in m.parameters()))
-"
+if [ $# -eq 0 ]; then
+  set -- --cfg configs/digits/WS-ConvMixer-digits.yaml
+fi
+exec .venv/bin/spin launch "$@"

@@ -41,6 +41,7 @@ _C.DATA.TEST_CROP_SIZE = 224
 _C.DATA.INPUT_CHANNEL_NUM = [3]
 _C.DATA.TRAIN_JITTER_SCALES_RELATIVE = [0.08, 1.0]
 _C.DATA.TRAIN_JITTER_ASPECT_RELATIVE = [0.75, 1.3333333333333333]
+_C.DATA.RANDOM_FLIP = True
 # Eval resize: int(crop / VAL_CROP_RATIO) then center crop (224 -> 256 at 0.875).
 _C.DATA.VAL_CROP_RATIO = 0.875
 # torchvision data sets (cifar10/100) only download when asked.

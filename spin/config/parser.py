@@ -26,8 +26,8 @@ def _explain(err: Exception, where: str) -> ConfigError:
     msg = str(err.args[0]) if err.args else str(err)
     if msg.startswith(("Non-existent config key:", "Non-existent key:")):
         key = msg.split(":", 1)[1].strip()
-        close = difflib.get_close_matches(key, _all_keys(get_cfg()), n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(close)}?" if close else "; see spin/config/defaults.py"
+        close = difflib.get_close_matches(key, _all_keys(get_cfg()), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see spin/config/defaults.py"
         return ConfigError(f"unknown config key {key} in {where}{hint}")
     if "Type mismatch" in msg:
         return ConfigError(f"wrong value type in {where}: {msg}; give a value of the default's type")

@@ -1,0 +1,25 @@
+"""CIFAR-10/100 through torchvision. Downloads only with DATA.DOWNLOAD True."""
+from __future__ import annotations
+
+import os
+
+from .folder import DataError
+
+
+def cifar(name: str, root: str, train: bool, transform, download: bool):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
+    try:
+        ds = cls(root=root, train=train, transform=transform, download=download)
+    except RuntimeError as e:
+        raise DataError(
+            f"{name} not found under DATA.PATH_TO_DATA_DIR {root!r} ({e}); put the extracted "
+            f"python version there or set DATA.DOWNLOAD True to fetch it") from None
+    ds.classes = list(ds.classes)
+    return ds
+
+
+def has_cifar(name: str, root: str) -> bool:
+    sub = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
+    return os.path.isdir(os.path.join(root, sub))

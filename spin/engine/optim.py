@@ -1,0 +1,70 @@
+"""Optimiser and learning-rate policy (SlowFast semantics, SPIN §5)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+POLICIES = ("onecycle", "cosine", "constant")
+
+
+def param_groups(model: nn.Module, weight_decay: float, bn_weight_decay: float) -> list[dict]:
+    """BatchNorm parameters get BN.WEIGHT_DECAY, every other parameter SOLVER.WEIGHT_DECAY."""
+    bn_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              for p in m.parameters(recurse=False)}
+    bn, rest = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (bn if id(p) in bn_ids else rest).append(p)
+    return [g for g in ({"params": rest, "weight_decay": weight_decay},
+                        {"params": bn, "weight_decay": bn_weight_decay}) if g["params"]]
+
+
+def construct_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    s = cfg.SOLVER
+    groups = param_groups(model, s.WEIGHT_DECAY, cfg.BN.WEIGHT_DECAY)
+    method = s.OPTIMIZING_METHOD.lower()
+    if method == "adamw":
+        return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=(0.9, 0.999), eps=1e-8)
+    if method == "adam":
+        return torch.optim.Adam(groups, lr=s.BASE_LR, betas=(0.9, 0.999), eps=1e-8)
+    if method == "sgd":
+        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, dampening=s.DAMPENING,
+                               nesterov=s.NESTEROV and s.MOMENTUM > 0)
+    raise ValueError(f"unknown SOLVER.OPTIMIZING_METHOD {s.OPTIMIZING_METHOD!r}; allowed: adamw, adam, sgd")
+
+
+def base_lr(cfg) -> float:
+    lr = cfg.SOLVER.BASE_LR
+    return lr * cfg.NUM_SHARDS if cfg.SOLVER.BASE_LR_SCALE_NUM_SHARDS else lr
+
+
+def lr_policy(policy: str, epoch: float, lr: float, max_epoch: int, end_lr: float = 0.0) -> float:
+    if policy == "onecycle":
+        e = max_epoch  # knots as upstream writes them, with integer division
+        return float(np.interp(epoch, [0, e * 2 // 5, e * 4 // 5, e], [0, lr, lr / 20, 0]))
+    if policy == "cosine":
+        return end_lr + (lr - end_lr) * (math.cos(math.pi * epoch / max_epoch) + 1.0) * 0.5
+    if policy == "constant":
+        return lr
+    raise ValueError(f"unknown SOLVER.LR_POLICY {policy!r}; allowed: {', '.join(POLICIES)}")
+
+
+def get_lr_at_epoch(cfg, epoch: float) -> float:
+    """LR at fractional epoch ``epoch`` (= epoch + iter / iters_per_epoch), with a linear warmup
+    from WARMUP_START_LR to the policy's value at WARMUP_EPOCHS."""
+    s = cfg.SOLVER
+    lr = base_lr(cfg)
+    policy = s.LR_POLICY.lower()
+    value = lr_policy(policy, epoch, lr, s.MAX_EPOCH, s.COSINE_END_LR)
+    if epoch < s.WARMUP_EPOCHS:
+        end = lr_policy(policy, s.WARMUP_EPOCHS, lr, s.MAX_EPOCH, s.COSINE_END_LR)
+        value = s.WARMUP_START_LR + (end - s.WARMUP_START_LR) * epoch / s.WARMUP_EPOCHS
+    return value
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
