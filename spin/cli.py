@@ -11,12 +11,29 @@ import torch
 
 from .config import ConfigError, cfg_from_args, get_args_parser
 from .data import DataError
-from .engine.checkpoint import CheckpointError
+from .engine.checkpoint import CheckpointError, cfg_from_checkpoint
 from .engine.distributed import DistInfo, cleanup, init_distributed, pick_device, under_torchrun
 from .engine.engine import NonFiniteLossError
 from .sharing import SharingError
 
 USER_ERRORS = (ConfigError, SharingError, CheckpointError, DataError, NonFiniteLossError)
+
+
+def parse(parser, argv: Sequence[str]):
+    """parse_args that also accepts ``--flags`` after the KEY VALUE pairs (argparse's REMAINDER
+    would swallow them); config keys never start with '--'."""
+    flags, rest, i = [], [], 0
+    argv = list(argv)
+    while i < len(argv):
+        action = parser._option_string_actions.get(argv[i].split("=", 1)[0]) if argv[i].startswith("--") else None
+        if action is None:
+            rest.append(argv[i])
+            i += 1
+            continue
+        takes = 0 if action.nargs == 0 or "=" in argv[i] else (action.nargs if isinstance(action.nargs, int) else 1)
+        flags += argv[i:i + 1 + takes]
+        i += 1 + takes
+    return parser.parse_args(flags + rest)
 
 
 # --------------------------------------------------------------------------- process launch
@@ -87,20 +104,23 @@ def test_job(cfg, info: DistInfo):
 def train_main(argv: Sequence[str]):
     """spin train --cfg FILE [KEY VALUE ...] (= tools/run_net.py): trains if TRAIN.ENABLE, then
     tests if TEST.ENABLE."""
-    args = get_args_parser("spin train").parse_args(argv)
+    args = parse(get_args_parser("spin train"), argv)
     return launch(cfg_from_args(args), args.init_method, run_net_job)
 
 
 def test_main(argv: Sequence[str]):
     """spin test --cfg FILE TEST.CHECKPOINT_FILE_PATH ck.pyth: top-1/top-5 and loss."""
-    args = get_args_parser("spin test").parse_args(argv)
-    return launch(cfg_from_args(args), args.init_method, test_job)
+    args = parse(get_args_parser("spin test"), argv)
+    cfg = cfg_from_args(args)
+    if not args.cfg_files and cfg.TEST.CHECKPOINT_FILE_PATH:
+        cfg = cfg_from_checkpoint(cfg.TEST.CHECKPOINT_FILE_PATH, args.opts)
+    return launch(cfg, args.init_method, test_job)
 
 
 def launch_main(argv: Sequence[str]):
     """What run.sh calls: with NUM_GPUS > 1 and CUDA, re-run ``spin train`` under torchrun with
     one process per GPU (and NUM_SHARDS nodes); else train in this process."""
-    args = get_args_parser("spin launch").parse_args(argv)
+    args = parse(get_args_parser("spin launch"), argv)
     cfg = cfg_from_args(args)
     if cfg.NUM_GPUS > 1 and torch.cuda.is_available() and not under_torchrun():
         torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -114,7 +134,97 @@ def launch_main(argv: Sequence[str]):
     return launch(cfg, args.init_method, run_net_job)
 
 
-COMMANDS = {"train": train_main, "test": test_main, "launch": launch_main}
+def fuse_main(argv: Sequence[str]):
+    """spin fuse --cfg WFWS.yaml TRAIN.CHECKPOINT_FILE_PATH ck.pyth: export a fused WS checkpoint."""
+    from .export import default_output, fuse_checkpoint, human_bytes
+
+    p = get_args_parser("spin fuse")
+    p.add_argument("--output", default="", help="output .pyth (default OUTPUT_DIR/<name>-fused.pyth)")
+    p.add_argument("--safetensors", action="store_true", help="also write <output>.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    args = parse(p, argv)
+    cfg = cfg_from_args(args)
+    ck = cfg.TRAIN.CHECKPOINT_FILE_PATH
+    if not ck:
+        raise ConfigError("spin fuse needs TRAIN.CHECKPOINT_FILE_PATH: the WFWS checkpoint to export")
+    out = fuse_checkpoint(cfg, ck, args.output or default_output(ck, cfg.OUTPUT_DIR),
+                          safetensors=args.safetensors, overwrite=args.overwrite)
+    print(f"before  {ck}: {out['params_before']:,} parameters, {human_bytes(out['file_bytes_before'])}")
+    print(f"after   {out['output']}: {out['params_after']:,} parameters, "
+          f"{human_bytes(out['file_bytes_after'])} (tensors {human_bytes(out['state_bytes_after'])})")
+    if out["safetensors"]:
+        print(f"        {out['safetensors']}: {human_bytes(out['safetensors_bytes'])}")
+    print("reload it with the WS config (REDUCTION_FN None), e.g. spin test --cfg "
+          "configs/WS-ConvMixer.yaml TEST.CHECKPOINT_FILE_PATH " + out["output"])
+    return out
+
+
+def stats_main(argv: Sequence[str]):
+    """spin stats [--cfg FILE]... [--checkpoint CK]... [--markdown]: parameters, MACs, the README row."""
+    import argparse
+
+    from .config import get_cfg, load_config, merge_known, merge_opts
+    from .engine.checkpoint import build_model_from_checkpoint, load_checkpoint, stored_cfg
+    from .export import human_bytes
+    from .stats import describe, format_table
+
+    p = argparse.ArgumentParser(prog="spin stats", description=stats_main.__doc__)
+    p.add_argument("--cfg", action="append", default=[], help="a config: one row each")
+    p.add_argument("--checkpoint", action="append", default=[], help="a .pyth: one row each")
+    p.add_argument("--sweep", nargs=2, action="append", default=[], metavar=("KEY", "V1,V2,..."),
+                   help="one row per value (an ablation table); may repeat (cross product)")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every row")
+    args = parse(p, argv)
+    bases = [(os.path.basename(f), load_config([f], args.opts)) for f in args.cfg]
+    files = {}
+    for ck_path in args.checkpoint:
+        _, cfg, _ = build_model_from_checkpoint(ck_path, args.opts)  # also checks the weights fit
+        bases.append((os.path.basename(ck_path), cfg))
+        files[os.path.basename(ck_path)] = human_bytes(os.path.getsize(ck_path))
+    if not bases:
+        bases = [("defaults" if not args.opts else "overrides", load_config(None, args.opts))]
+    rows_cfgs = bases
+    for key, values in args.sweep:
+        expanded = []
+        for name, cfg in rows_cfgs:
+            for v in values.split(","):
+                c = cfg.clone()
+                merge_opts(c, [key, v])
+                expanded.append((f"{name} {key.split('.')[-1]}={v}".strip(), c))
+        rows_cfgs = expanded
+    rows = []
+    for name, cfg in rows_cfgs:
+        row = describe(cfg, name)
+        if name in files:
+            row["file"] = files[name]
+        rows.append(row)
+    print(format_table(rows, args.markdown))
+    return rows
+
+
+def predict_main(argv: Sequence[str]):
+    """spin predict --checkpoint ck.pyth IMAGE...: top-5 classes per image."""
+    import argparse
+
+    from .predict import predict
+
+    p = argparse.ArgumentParser(prog="spin predict", description=predict_main.__doc__)
+    p.add_argument("--checkpoint", required=True, help="a .pyth with a stored cfg (any spin checkpoint)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of the stored cfg")
+    p.add_argument("images", nargs="+")
+    args = p.parse_args(argv)
+    results = predict(args.checkpoint, args.images, args.opts, args.topk)
+    for path, top in results:
+        print(path)
+        for rank, (name, prob) in enumerate(top, 1):
+            print(f"  {rank}. {name:<20s} {100 * prob:6.2f}%")
+    return results
+
+
+COMMANDS = {"train": train_main, "test": test_main, "fuse": fuse_main, "stats": stats_main,
+            "predict": predict_main, "launch": launch_main}
 
 
 def main(argv: Sequence[str] = None) -> int:

@@ -144,21 +144,29 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
     model.load_state_dict(state_dict, strict=False)
 
 
-def build_model_from_checkpoint(path: str, opts=()):
-    """Rebuild the model a checkpoint was trained with from its stored config (keys spin does not
-    know are skipped; ``opts`` are KEY VALUE overrides) and load its weights.
-    Returns (model, cfg, checkpoint)."""
+def cfg_from_checkpoint(path: str, opts=(), ck: Optional[dict] = None):
+    """Defaults, then the config stored in the checkpoint (keys spin does not know, e.g. the rest
+    of a SlowFast schema, are skipped), then KEY VALUE ``opts``."""
     from ..config import get_cfg, merge_known, merge_opts
-    from ..models import build_model
 
-    ck = load_checkpoint(path)
-    data = stored_cfg(ck)
+    data = stored_cfg(ck if ck is not None else load_checkpoint(path))
     if data is None:
         raise CheckpointError(f"checkpoint {path!r} stores no config; pass the config it was "
                               f"trained with (--cfg FILE)")
     cfg = get_cfg()
     merge_known(cfg, data)
     merge_opts(cfg, list(opts))
+    return cfg
+
+
+def build_model_from_checkpoint(path: str, opts=()):
+    """Rebuild the model a checkpoint was trained with from its stored config (keys spin does not
+    know are skipped; ``opts`` are KEY VALUE overrides) and load its weights.
+    Returns (model, cfg, checkpoint)."""
+    from ..models import build_model
+
+    ck = load_checkpoint(path)
+    cfg = cfg_from_checkpoint(path, opts, ck)
     model = build_model(cfg)
     load_model_weights(model, ck["model_state"], source=path)
     return model, cfg, ck

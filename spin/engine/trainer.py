@@ -192,7 +192,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
         if (epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last:
             if info.is_master:
                 last_ck = cu.save_checkpoint(cu.checkpoint_path(cfg.OUTPUT_DIR, epoch), core, epoch,
-                                             cfg, optimizer, scaler)
+                                             cfg, optimizer, scaler, extra={"classes": classes})
             barrier()
         row = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": stats["lr"],
                "train_time": stats["time"], "skipped_images": int(stats["skipped_images"])}

@@ -1,0 +1,97 @@
+"""Export a trained WFWS checkpoint as a plain WS checkpoint (upstream's fuse_weights.py step).
+
+The D stored sets are replaced by the N fused ones, the fusion coefficients are dropped, and the
+stored cfg gets REDUCTION_FN None, so the file reloads with the WS config. Only model weights are
+written: each shared tensor once, no optimizer state.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .engine import checkpoint as cu
+from .fusion import parse_fusion
+from .models import build_model
+
+
+def _state_bytes(state: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values())
+
+
+def default_output(checkpoint: str, output_dir: str) -> str:
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    return os.path.join(output_dir or ".", f"{stem}-fused.pyth")
+
+
+def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False,
+                    overwrite: bool = False) -> dict:
+    """Load ``checkpoint`` into the WFWS model of ``cfg``, fuse, write ``output`` (and
+    ``output`` with .safetensors). Returns sizes and paths."""
+    if not parse_fusion(cfg.CONVMIXER.WEIGHT_SHARE.REDUCTION_FN):
+        raise cu.CheckpointError(
+            "spin fuse needs the WFWS config the checkpoint was trained with "
+            "(CONVMIXER.WEIGHT_SHARE.REDUCTION_FN set, e.g. configs/WFWS-ConvMixer.yaml)")
+    st_path = os.path.splitext(output)[0] + ".safetensors" if safetensors else None
+    for path in filter(None, (output, st_path)):
+        if os.path.exists(path) and not overwrite:
+            raise cu.CheckpointError(f"{path} already exists; pass --overwrite to replace it or "
+                                     f"choose another --output")
+    ck = cu.load_checkpoint(checkpoint)
+    wfws = build_model(cfg)
+    cu.load_model_weights(wfws, ck["model_state"], source=checkpoint)
+    wfws.eval()
+    ws = wfws.fuse()
+    ws_cfg = cfg.clone()
+    ws_cfg.CONVMIXER.WEIGHT_SHARE.REDUCTION_FN = None
+    ws_cfg.TRAIN.CHECKPOINT_FILE_PATH = ""
+    ws_cfg.TRAIN.CHECKPOINT_EPOCH_RESET = False
+    state = {k: v.contiguous() for k, v in ws.state_dict().items()}
+    extra = {k: ck[k] for k in ("classes",) if k in ck}
+    cu.atomic_save({"epoch": int(ck.get("epoch", 0)), "model_state": state, "cfg": ws_cfg.dump(),
+                    **extra}, output)
+    if st_path:
+        from safetensors.torch import save_file
+
+        tmp = st_path + ".tmp"
+        save_file(state, tmp, metadata={"cfg": ws_cfg.dump()})
+        os.replace(tmp, st_path)
+    return {
+        "input": checkpoint, "output": output, "safetensors": st_path,
+        "params_before": sum(p.numel() for p in wfws.parameters()),
+        "params_after": sum(p.numel() for p in ws.parameters()),
+        "state_bytes_after": _state_bytes(state),
+        "file_bytes_before": os.path.getsize(checkpoint), "file_bytes_after": os.path.getsize(output),
+        "safetensors_bytes": os.path.getsize(st_path) if st_path else None,
+    }
+
+
+def load_safetensors_model(path: str, cfg=None):
+    """Rebuild a model from an exported .safetensors file (its metadata holds the cfg)."""
+    from safetensors import safe_open
+
+    from .config import get_cfg, merge_known
+    import yaml
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if cfg is None:
+        if "cfg" not in meta:
+            raise cu.CheckpointError(f"{path} stores no cfg; pass the config")
+        cfg = get_cfg()
+        merge_known(cfg, yaml.safe_load(meta["cfg"]))
+    model = build_model(cfg)
+    cu.load_model_weights(model, state, source=path)
+    return model, cfg
+
+
+def human_bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000.0
+    return str(n)

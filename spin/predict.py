@@ -1,0 +1,47 @@
+"""Top-k predictions for image files from a checkpoint, with class names where known."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .data import DataError, build_eval_transform, check_splits, prepare_digits
+from .engine import checkpoint as cu
+
+
+def class_names(ck: dict, cfg) -> list[str]:
+    """From the checkpoint (saved by training), else the data set folder of its cfg, else []."""
+    if ck.get("classes"):
+        return list(ck["classes"])
+    root = cfg.DATA.PATH_TO_DATA_DIR
+    try:
+        if cfg.TEST.DATASET == "digits":
+            root = prepare_digits(root)
+        if root and os.path.isdir(root):
+            return check_splits(root)
+    except DataError:
+        pass
+    return []
+
+
+@torch.no_grad()
+def predict(checkpoint: str, images: Sequence[str], opts: Sequence[str] = (), topk: int = 5):
+    """Returns [(image, [(class name, probability), ...]), ...]."""
+    model, cfg, ck = cu.build_model_from_checkpoint(checkpoint, opts)
+    model.eval()
+    names = class_names(ck, cfg)
+    transform = build_eval_transform(cfg)
+    out = []
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                x = transform(im.convert("RGB"))[None]
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read image {path!r}: {e}") from None
+        prob = model(x).softmax(-1)[0]
+        p, idx = prob.topk(min(topk, prob.numel()))
+        out.append((path, [(names[i] if i < len(names) else str(i), float(v))
+                           for v, i in zip(p.tolist(), idx.tolist())]))
+    return out
