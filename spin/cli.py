@@ -223,8 +223,15 @@ def predict_main(argv: Sequence[str]):
     return results
 
 
+def bench_main(argv: Sequence[str]):
+    """spin bench [--preset imagenet,cifar] [--device cuda --amp bf16]: throughput vs timm."""
+    from .bench import main as bench
+
+    return bench(list(argv))
+
+
 COMMANDS = {"train": train_main, "test": test_main, "fuse": fuse_main, "stats": stats_main,
-            "predict": predict_main, "launch": launch_main}
+            "predict": predict_main, "bench": bench_main, "launch": launch_main}
 
 
 def main(argv: Sequence[str] = None) -> int:

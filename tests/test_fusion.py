@@ -108,3 +108,21 @@ def test_fusion_errors():
         SpinConvMixer(**SMALL, plan=build_plan(4, share_rate=2, scope="norm"), fusion="mean")
     with pytest.raises(SharingError, match="needs a WFWS"):
         SpinConvMixer(**SMALL).fuse()
+
+
+def test_inference_cache_follows_weight_updates():
+    plan = build_plan(4, share_rate=2)
+    wfws = SpinConvMixer(**SMALL, plan=plan, fusion="scalar_weighted_mean").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        a = wfws(x)
+        assert torch.equal(wfws(x), a)  # served from the cache
+        wfws.pwise_w[3].mul_(2.0)  # an in-place update must invalidate it
+        b = wfws(x)
+    assert not torch.allclose(a, b)
+    with torch.no_grad():
+        wfws.reduction_w[0].fill_(0.5)
+        c = wfws(x)
+    assert not torch.allclose(b, c)
+    torch.testing.assert_close(wfws.fuse().eval()(x), c, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(wfws(x), c)  # grad mode: computed afresh, same values

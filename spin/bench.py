@@ -1,0 +1,273 @@
+"""Throughput, memory and size of spin's models against timm's ConvMixer, in one process.
+
+For one C/D/P/K the models are measured interleaved (timm, spin vanilla, spin WS, spin WFWS, and a
+GEMM of the pointwise conv's shape as the machine's reference rate), each over warm-up rounds and
+then ``repeats`` rounds; the medians are reported. A train step is forward, cross-entropy,
+backward and an AdamW step; inference is a forward under ``torch.inference_mode``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from .models import SpinConvMixer
+from .sharing import build_plan
+from .stats import count_macs
+
+PRESETS = {
+    # SPIN's ImageNet model at a small batch, and a CIFAR-size ConvMixer.
+    "imagenet": dict(dim=768, depth=32, patch=14, kernel=3, image=224, batch=8, classes=1000),
+    "cifar": dict(dim=256, depth=8, patch=2, kernel=5, image=32, batch=64, classes=10),
+    "tiny": dict(dim=32, depth=4, patch=4, kernel=3, image=32, batch=4, classes=10),
+}
+MODELS = ("timm", "timm_cl", "spin_vanilla", "spin_ws", "spin_wfws")
+REFERENCES = ("timm", "timm_cl")
+
+
+class ChannelsLast(nn.Module):
+    """timm's ConvMixer run on NHWC activations (what a tuned timm user would do)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def build_models(dim, depth, patch, kernel, classes, share_rate=2) -> dict[str, nn.Module]:
+    from timm.models.convmixer import ConvMixer
+
+    common = dict(dim=dim, depth=depth, patch_kernel=patch, kernel_size=kernel, act="relu",
+                  num_classes=classes, drop_rate=0.0)
+    def timm_model():
+        return ConvMixer(dim=dim, depth=depth, kernel_size=kernel, patch_size=patch,
+                         num_classes=classes, act_layer=nn.ReLU)
+
+    return {
+        "timm": timm_model(),
+        "timm_cl": ChannelsLast(timm_model()),
+        "spin_vanilla": SpinConvMixer(**common),
+        "spin_ws": SpinConvMixer(**common, plan=build_plan(depth, share_rate=share_rate)),
+        "spin_wfws": SpinConvMixer(**common, plan=build_plan(depth, share_rate=share_rate),
+                                   fusion="mean"),
+    }
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], None], device, iters: int) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / iters
+
+
+def saved_activation_bytes(model, x, y) -> int:
+    """Bytes autograd keeps for backward in one train forward (distinct storages)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if t.device.type != "meta":
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def benchmark(dim: int, depth: int, patch: int, kernel: int, image: int, batch: int,
+              classes: int = 1000, device: str = "cpu", amp: Optional[str] = None,
+              channels_last: bool = False, warmup: int = 2, repeats: int = 5, iters: int = 2,
+              models=MODELS, share_rate: int = 2, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    built = {k: v for k, v in build_models(dim, depth, patch, kernel, classes, share_rate).items()
+             if k in models}
+    x = torch.randn(batch, 3, image, image, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, classes, (batch,), device=dev)
+    tokens = (image // patch) ** 2
+    a = torch.randn(batch * tokens, dim, device=dev, dtype=dtype or torch.float32)
+    w = torch.randn(dim, dim, device=dev, dtype=dtype or torch.float32)
+    gemm_flops = 2 * batch * tokens * dim * dim
+    ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype else (lambda: torch.autocast(dev.type, enabled=False))
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+
+    result: dict = {"models": {}}
+    steps: dict[str, tuple[Callable, Callable]] = {}
+    for name, m in built.items():
+        m = m.to(dev).to(memory_format=fmt)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+
+        def train_step(m=m, opt=opt):
+            m.train()
+            with ctx():
+                loss = nn.functional.cross_entropy(m(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        def infer_step(m=m):
+            m.eval()
+            with torch.inference_mode(), ctx():
+                m(x)
+
+        steps[name] = (train_step, infer_step)
+        train_step()  # materialises the optimizer state
+        # Fusion ops are not multiply-adds of the image: WFWS counts like WS.
+        macs = count_macs(m, image)
+        params = sum(p.numel() for p in m.parameters())
+        result["models"][name] = {
+            "params": params,
+            "unique_params": m.unique_parameters() if hasattr(m, "unique_parameters") else params,
+            "param_bytes": sum(p.numel() * p.element_size() for p in m.parameters()),
+            "optimizer_state_bytes": sum(t.numel() * t.element_size() for s in opt.state.values()
+                                         for t in s.values() if torch.is_tensor(t)),
+            "macs_per_image": macs,
+            "train": [], "infer": [],
+        }
+        if dev.type == "cpu":
+            result["models"][name]["activation_bytes"] = saved_activation_bytes(m, x, y)
+
+    def gemm():
+        torch.mm(a, w)
+
+    gemm_times = []
+    for r in range(warmup + repeats):
+        for name, (train_step, infer_step) in steps.items():
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            t_train = _timed(train_step, dev, iters)
+            if dev.type == "cuda":
+                result["models"][name]["peak_train_bytes"] = torch.cuda.max_memory_allocated(dev)
+            t_infer = _timed(infer_step, dev, iters)
+            if r >= warmup:
+                result["models"][name]["train"].append(batch / t_train)
+                result["models"][name]["infer"].append(batch / t_infer)
+        t_gemm = _timed(gemm, dev, max(3, iters))
+        if r >= warmup:
+            gemm_times.append(t_gemm)
+
+    gemm_gflops = gemm_flops / statistics.median(gemm_times) / 1e9
+    for name, r in result["models"].items():
+        r["train_img_s"] = statistics.median(r.pop("train"))
+        r["infer_img_s"] = statistics.median(r.pop("infer"))
+        r["infer_gflops"] = 2 * r["macs_per_image"] * r["infer_img_s"] / 1e9
+        r["mfu_vs_gemm"] = r["infer_gflops"] / gemm_gflops
+    m = result["models"]
+    ratios = {}
+    for mode in ("train_img_s", "infer_img_s"):
+        for ref in REFERENCES:
+            if ref in m:
+                for name in ("spin_vanilla", "spin_ws", "spin_wfws"):
+                    if name in m:
+                        ratios[f"{name}/{ref} {mode[:5]}"] = m[name][mode] / m[ref][mode]
+        if "spin_ws" in m and "spin_wfws" in m:
+            ratios[f"spin_wfws/spin_ws {mode[:5]}"] = m["spin_wfws"][mode] / m["spin_ws"][mode]
+    result.update(
+        config=dict(dim=dim, depth=depth, patch=patch, kernel=kernel, image=image, batch=batch,
+                    classes=classes, device=device, amp=amp, channels_last=channels_last,
+                    warmup=warmup, repeats=repeats, iters=iters, share_rate=share_rate),
+        gemm_gflops=gemm_gflops, gemm_shape=[batch * tokens, dim, dim], ratios=ratios,
+        machine=machine_info(dev))
+    return result
+
+
+def machine_info(dev: torch.device) -> dict:
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version()}
+    if dev.type == "cuda":
+        info["device"] = torch.cuda.get_device_name(dev)
+    else:
+        cpu = platform.processor()
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        info["device"] = f"{cpu}, {os.cpu_count()} cores"
+    return info
+
+
+def markdown(result: dict) -> str:
+    c = result["config"]
+    head = (f"**{c['dim']}/{c['depth']}/{c['patch']}/{c['kernel']}**, {c['image']}px, batch {c['batch']}, "
+            f"{c['device']}{', ' + c['amp'] if c['amp'] else ''}{', channels_last' if c['channels_last'] else ''} "
+            f"— {result['machine']['device']}, torch {result['machine']['torch']}; GEMM "
+            f"{result['gemm_gflops']:.1f} GFLOP/s")
+    cols = ["model", "train img/s", "infer img/s", "infer GFLOP/s", "% of GEMM", "params",
+            "unique params", "optimizer state MB", "activations MB" if c["device"] == "cpu" else "peak train MB"]
+    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name, r in result["models"].items():
+        mem = r.get("activation_bytes", r.get("peak_train_bytes", 0)) / 1e6
+        lines.append(f"| {name} | {r['train_img_s']:.2f} | {r['infer_img_s']:.2f} | {r['infer_gflops']:.1f} | "
+                     f"{100 * r['mfu_vs_gemm']:.0f}% | {r['params']:,} | {r['unique_params']:,} | "
+                     f"{r['optimizer_state_bytes'] / 1e6:.1f} | {mem:.1f} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    """spin bench [--preset imagenet,cifar] [--device cpu|cuda] [--amp bf16|fp16] ..."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="spin bench", description=__doc__)
+    p.add_argument("--preset", default="imagenet,cifar", help=f"comma list of {', '.join(PRESETS)}")
+    p.add_argument("--batch", type=int, default=0, help="override the preset's batch")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None,
+                   help="autocast dtype (default: bf16 on CUDA, none on the CPU)")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--iters", type=int, default=2, help="steps per timed round")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--out", default="bench/results", help="folder for JSON and markdown")
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    amp = args.amp or ("bf16" if cuda else None)
+    cl = args.channels_last if args.channels_last is not None else cuda
+    results = []
+    os.makedirs(args.out, exist_ok=True)
+    for preset in args.preset.split(","):
+        cfg = dict(PRESETS[preset])
+        if args.batch:
+            cfg["batch"] = args.batch
+        res = benchmark(**cfg, device=args.device, amp=amp, channels_last=cl, warmup=args.warmup,
+                        repeats=args.repeats, iters=args.iters, models=args.models.split(","))
+        res["preset"] = preset
+        results.append(res)
+        text = markdown(res)
+        print(text + "\n", flush=True)
+        tag = f"{preset}-{args.device.split(':')[0]}"
+        with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        with open(os.path.join(args.out, f"{tag}.md"), "w") as f:
+            f.write(text + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
