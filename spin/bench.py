@@ -27,7 +27,7 @@ PRESETS = {
     "cifar": dict(dim=256, depth=8, patch=2, kernel=5, image=32, batch=64, classes=10),
     "tiny": dict(dim=32, depth=4, patch=4, kernel=3, image=32, batch=4, classes=10),
 }
-MODELS = ("timm", "timm_cl", "spin_vanilla", "spin_ws", "spin_wfws")
+MODELS = ("timm", "timm_cl", "spin_timm_block", "spin_vanilla", "spin_ws", "spin_wfws")
 REFERENCES = ("timm", "timm_cl")
 
 
@@ -54,6 +54,9 @@ def build_models(dim, depth, patch, kernel, classes, share_rate=2) -> dict[str, 
     return {
         "timm": timm_model(),
         "timm_cl": ChannelsLast(timm_model()),
+        # timm's architecture (no residual around the pointwise half) in spin's implementation:
+        # separates implementation speed from the SPIN block's extra residual add.
+        "spin_timm_block": SpinConvMixer(**common, pointwise_residual=False),
         "spin_vanilla": SpinConvMixer(**common),
         "spin_ws": SpinConvMixer(**common, plan=build_plan(depth, share_rate=share_rate)),
         "spin_wfws": SpinConvMixer(**common, plan=build_plan(depth, share_rate=share_rate),
@@ -180,7 +183,7 @@ def benchmark(dim: int, depth: int, patch: int, kernel: int, image: int, batch: 
     for mode in ("train_img_s", "infer_img_s"):
         for ref in REFERENCES:
             if ref in m:
-                for name in ("spin_vanilla", "spin_ws", "spin_wfws"):
+                for name in ("spin_timm_block", "spin_vanilla", "spin_ws", "spin_wfws"):
                     if name in m:
                         ratios[f"{name}/{ref} {mode[:5]}"] = m[name][mode] / m[ref][mode]
         if "spin_ws" in m and "spin_wfws" in m:

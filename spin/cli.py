@@ -66,6 +66,9 @@ def launch(cfg, init_method: str, job: Callable):
     if cfg.NUM_SHARDS > 1:
         raise ConfigError("NUM_SHARDS > 1 needs one process per GPU on each machine: launch with "
                           "torchrun (see README, multi-node)")
+    if cfg.NUM_GPUS > 0 and not torch.cuda.is_available():
+        print(f"spin: NUM_GPUS is {cfg.NUM_GPUS} but CUDA is not available: running one process on "
+              f"the CPU with the whole TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE}", file=sys.stderr)
     return job(cfg, DistInfo(device=pick_device(cfg.NUM_GPUS, 0)))
 
 

@@ -10,7 +10,7 @@ def test_bench_writes_json_and_markdown(tmp_path, capsys):
     res = json.loads((tmp_path / "tiny-cpu.json").read_text())
     md = (tmp_path / "tiny-cpu.md").read_text()
     models = res["models"]
-    assert set(models) == {"timm", "timm_cl", "spin_vanilla", "spin_ws", "spin_wfws"}
+    assert set(models) == {"timm", "timm_cl", "spin_timm_block", "spin_vanilla", "spin_ws", "spin_wfws"}
     for name, r in models.items():
         assert r["train_img_s"] > 0 and r["infer_img_s"] > 0 and r["activation_bytes"] > 0, name
         assert r["macs_per_image"] == models["timm"]["macs_per_image"]  # same C/D/P/K, same MACs

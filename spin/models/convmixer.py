@@ -199,7 +199,7 @@ class SpinConvMixer(nn.Module):
 
     # ----------------------------------------------------------------------- shared weights
     def _fused(self, weights: nn.ParameterList, coeffs: Optional[nn.ParameterList], is_bias: bool):
-        """(N, ...) fused sets. Without autograd (eval, inference) the result is cached until a
+        """N fused sets (a tuple). Without autograd (eval, inference) the result is cached until a
         stored tensor changes (its version or storage), so WFWS inference costs what WS does."""
         tensors = list(weights) + (list(coeffs) if coeffs is not None else [])
         key = tuple((t._version, t.data_ptr()) for t in tensors) if not torch.is_grad_enabled() else None
