@@ -100,7 +100,7 @@ def saved_activation_bytes(model, x, y) -> int:
 def benchmark(dim: int, depth: int, patch: int, kernel: int, image: int, batch: int,
               classes: int = 1000, device: str = "cpu", amp: Optional[str] = None,
               channels_last: bool = False, warmup: int = 2, repeats: int = 5, iters: int = 2,
-              models=MODELS, share_rate: int = 2, seed: int = 0) -> dict:
+              models=MODELS, share_rate: int = 2, seed: int = 0, compile: bool = False) -> dict:
     torch.manual_seed(seed)
     dev = torch.device(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
@@ -121,23 +121,25 @@ def benchmark(dim: int, depth: int, patch: int, kernel: int, image: int, batch: 
     for name, m in built.items():
         m = m.to(dev).to(memory_format=fmt)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)  # as spin's trainer
+        run = torch.compile(m) if compile else m
 
-        def train_step(m=m, opt=opt):
+        def train_step(m=m, opt=opt, run=run):
             m.train()
             with ctx():
-                loss = nn.functional.cross_entropy(m(x), y)
+                loss = nn.functional.cross_entropy(run(x), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
 
-        def infer_step(m=m):
+        def infer_step(m=m, run=run):
             m.eval()
             with torch.inference_mode(), ctx():
-                m(x)
+                run(x)
 
         steps[name] = (train_step, infer_step)
-        train_step()  # materialises the optimizer state
+        train_step()  # materialises the optimizer state (and compiles the train graph)
+        infer_step()
         # Fusion ops are not multiply-adds of the image: WFWS counts like WS.
         macs = count_macs(m, image)
         params = sum(p.numel() for p in m.parameters())
@@ -191,7 +193,8 @@ def benchmark(dim: int, depth: int, patch: int, kernel: int, image: int, batch: 
     result.update(
         config=dict(dim=dim, depth=depth, patch=patch, kernel=kernel, image=image, batch=batch,
                     classes=classes, device=device, amp=amp, channels_last=channels_last,
-                    warmup=warmup, repeats=repeats, iters=iters, share_rate=share_rate),
+                    warmup=warmup, repeats=repeats, iters=iters, share_rate=share_rate,
+                    compile=compile),
         gemm_gflops=gemm_gflops, gemm_shape=[batch * tokens, dim, dim], ratios=ratios,
         machine=machine_info(dev))
     return result
@@ -216,7 +219,8 @@ def machine_info(dev: torch.device) -> dict:
 def markdown(result: dict) -> str:
     c = result["config"]
     head = (f"**{c['dim']}/{c['depth']}/{c['patch']}/{c['kernel']}**, {c['image']}px, batch {c['batch']}, "
-            f"{c['device']}{', ' + c['amp'] if c['amp'] else ''}{', channels_last' if c['channels_last'] else ''} "
+            f"{c['device']}{', ' + c['amp'] if c['amp'] else ''}{', channels_last' if c['channels_last'] else ''}"
+            f"{', torch.compile' if c.get('compile') else ''} "
             f"— {result['machine']['device']}, torch {result['machine']['torch']}; GEMM "
             f"{result['gemm_gflops']:.1f} GFLOP/s")
     cols = ["model", "train img/s", "infer img/s", "infer GFLOP/s", "% of GEMM", "params",
@@ -247,6 +251,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--iters", type=int, default=2, help="steps per timed round")
     p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--compile", action="store_true", help="run every model under torch.compile")
     p.add_argument("--out", default="bench/results", help="folder for JSON and markdown")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -259,12 +264,13 @@ def main(argv=None) -> list[dict]:
         if args.batch:
             cfg["batch"] = args.batch
         res = benchmark(**cfg, device=args.device, amp=amp, channels_last=cl, warmup=args.warmup,
-                        repeats=args.repeats, iters=args.iters, models=args.models.split(","))
+                        repeats=args.repeats, iters=args.iters, models=args.models.split(","),
+                        compile=args.compile)
         res["preset"] = preset
         results.append(res)
         text = markdown(res)
         print(text + "\n", flush=True)
-        tag = f"{preset}-{args.device.split(':')[0]}"
+        tag = f"{preset}-{args.device.split(':')[0]}{'-compile' if args.compile else ''}"
         with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
             json.dump(res, f, indent=1)
         with open(os.path.join(args.out, f"{tag}.md"), "w") as f:

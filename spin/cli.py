@@ -73,7 +73,7 @@ def launch(cfg, init_method: str, job: Callable):
 
 
 # --------------------------------------------------------------------------- jobs
-def _print_summary(res: dict, cfg) -> None:
+def _print_summary(res: dict) -> None:
     val = res.get("val") or {}
     if val:
         print(f"val top-1 {100 - val['top1_err']:.2f}%  top-5 {100 - val['top5_err']:.2f}%  "
@@ -92,7 +92,7 @@ def run_net_job(cfg, info: DistInfo):
     if cfg.TRAIN.ENABLE:
         res = train(cfg, info)
         if info.is_master:
-            _print_summary(res, cfg)
+            _print_summary(res)
     if cfg.TEST.ENABLE:
         test(cfg, info)
     return res

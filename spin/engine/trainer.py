@@ -143,6 +143,9 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
     optimizer = construct_optimizer(model, cfg)
     amp_dtype, scaler = amp_settings(cfg, info.device)
     start_epoch = _resume(cfg, model, optimizer, scaler, log)
+    if model.fusion and start_epoch == 0 and not cfg.TRAIN.CHECKPOINT_FILE_PATH:
+        log.warning("WFWS model without TRAIN.CHECKPOINT_FILE_PATH: its D sets start random; the "
+                    "SPIN recipe starts them from a pretrained vanilla ConvMixer checkpoint")
     if info.is_master:
         os.makedirs(cu.checkpoint_dir(cfg.OUTPUT_DIR), exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
