@@ -166,8 +166,8 @@ def stats_main(argv: Sequence[str]):
     """spin stats [--cfg FILE]... [--checkpoint CK]... [--markdown]: parameters, MACs, the README row."""
     import argparse
 
-    from .config import get_cfg, load_config, merge_known, merge_opts
-    from .engine.checkpoint import build_model_from_checkpoint, load_checkpoint, stored_cfg
+    from .config import load_config, merge_opts
+    from .engine.checkpoint import build_model_from_checkpoint
     from .export import human_bytes
     from .stats import describe, format_table
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import torch
 
 from .engine import checkpoint as cu
 from .fusion import parse_fusion
@@ -71,17 +70,11 @@ def load_safetensors_model(path: str, cfg=None):
     """Rebuild a model from an exported .safetensors file (its metadata holds the cfg)."""
     from safetensors import safe_open
 
-    from .config import get_cfg, merge_known
-    import yaml
-
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
     if cfg is None:
-        if "cfg" not in meta:
-            raise cu.CheckpointError(f"{path} stores no cfg; pass the config")
-        cfg = get_cfg()
-        merge_known(cfg, yaml.safe_load(meta["cfg"]))
+        cfg = cu.cfg_from_checkpoint(path, ck={"cfg": meta.get("cfg")})
     model = build_model(cfg)
     cu.load_model_weights(model, state, source=path)
     return model, cfg

@@ -132,6 +132,22 @@ def _resume(cfg, model, optimizer, scaler, log) -> int:
     return int(ck["epoch"]) + 1
 
 
+def _val_loader(cfg, val_set, info: DistInfo):
+    return build_loader(cfg, val_set, False, max(1, cfg.TEST.BATCH_SIZE // info.local_world_size),
+                        info.rank, info.world_size)
+
+
+def _reduce(info: DistInfo):
+    """Sums evaluation counts over ranks (each evaluates a disjoint shard)."""
+    return (lambda v: all_reduce_sum(v, info.device)) if info.distributed else None
+
+
+def _log_val(val: dict, epoch: int, max_epoch: int, **extra) -> None:
+    log_json_stats({"_type": "val_epoch", "epoch": f"{epoch}/{max_epoch}", "top1_err": val["top1_err"],
+                    "top5_err": val["top5_err"], "loss": val["loss"], "samples": val["samples"],
+                    **extra})
+
+
 def train(cfg, info: Optional[DistInfo] = None) -> dict:
     info = info or DistInfo()
     check_cfg(cfg, info.local_world_size)
@@ -158,8 +174,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
     model = _wrap(model, cfg, info)
     per_proc = cfg.TRAIN.BATCH_SIZE // info.local_world_size
     train_loader = build_loader(cfg, train_set, True, per_proc, info.rank, info.world_size)
-    val_loader = build_loader(cfg, val_set, False, max(1, cfg.TEST.BATCH_SIZE // info.local_world_size),
-                              info.rank, info.world_size)
+    val_loader = _val_loader(cfg, val_set, info)
     if len(train_loader) == 0:
         raise DataError(f"{len(train_set)} training images give no full batch of {per_proc} per "
                         f"process; lower TRAIN.BATCH_SIZE")
@@ -170,7 +185,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
         tb = TensorBoard(cfg.TENSORBOARD.LOG_DIR or os.path.join(cfg.OUTPUT_DIR, "tensorboard"))
     csv = MetricsCSV(os.path.join(cu.checkpoint_dir(cfg.OUTPUT_DIR), "metrics.csv"))
     max_epoch = cfg.SOLVER.MAX_EPOCH
-    reduce = (lambda v: all_reduce_sum(v, info.device)) if info.distributed else None
+    reduce = _reduce(info)
     val, best, last_ck = {}, None, cu.latest_checkpoint(cfg.OUTPUT_DIR)
     for epoch in range(start_epoch, max_epoch):
         # Each epoch is a function of (state at its start, seed, epoch): a resumed run repeats it.
@@ -202,10 +217,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
         if (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last:
             val = evaluate(model, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
             best = val["top1_err"] if best is None else min(best, val["top1_err"])
-            log_json_stats({"_type": "val_epoch", "epoch": f"{epoch + 1}/{max_epoch}",
-                            "top1_err": val["top1_err"], "top5_err": val["top5_err"],
-                            "min_top1_err": best, "loss": val["loss"], "samples": val["samples"],
-                            "mem": memory_gb(info.device)})
+            _log_val(val, epoch + 1, max_epoch, min_top1_err=best, mem=memory_gb(info.device))
             row.update(val_loss=val["loss"], val_top1_err=val["top1_err"],
                        val_top5_err=val["top5_err"])
             if tb is not None:
@@ -217,9 +229,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
         log.info(f"{cu.latest_checkpoint(cfg.OUTPUT_DIR)} already finished SOLVER.MAX_EPOCH "
                  f"{max_epoch}; evaluating it (raise MAX_EPOCH or change OUTPUT_DIR to train more)")
         val = evaluate(model, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
-        log_json_stats({"_type": "val_epoch", "epoch": f"{max_epoch}/{max_epoch}",
-                        "top1_err": val["top1_err"], "top5_err": val["top5_err"],
-                        "loss": val["loss"], "samples": val["samples"]})
+        _log_val(val, max_epoch, max_epoch)
     if tb is not None:
         tb.close()
     return {"val": val, "parameters": n_params, "unique_parameters": core.unique_parameters(),
@@ -242,10 +252,8 @@ def test(cfg, info: Optional[DistInfo] = None) -> dict:
     model = build_model(cfg)
     cu.load_model_weights(model, cu.load_checkpoint(path)["model_state"], source=path)
     model = _wrap(_prepare(model, cfg, info), cfg, info)
-    loader = build_loader(cfg, val_set, False, max(1, cfg.TEST.BATCH_SIZE // info.local_world_size),
-                          info.rank, info.world_size)
-    reduce = (lambda v: all_reduce_sum(v, info.device)) if info.distributed else None
-    res = evaluate(model, loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce, info.is_master)
+    res = evaluate(model, _val_loader(cfg, val_set, info), info.device, cfg.TRAIN.CHANNELS_LAST,
+                   _reduce(info), info.is_master)
     log_json_stats({"_type": "test_final", "checkpoint": path, "top1_err": res["top1_err"],
                     "top5_err": res["top5_err"], "loss": res["loss"], "samples": res["samples"]})
     log.info(f"test: top-1 {100 - res['top1_err']:.2f}%  top-5 {100 - res['top5_err']:.2f}%  "
