@@ -108,6 +108,11 @@ def test_checkpoint_file_path_with_epoch_reset_starts_wfws_from_vanilla(image_fo
     assert res["start_epoch"] == 0
     state = cu.load_checkpoint(str(wf_out / "checkpoints" / "checkpoint_epoch_00001.pyth"))["model_state"]
     assert sum(k.startswith("pwise_w.") for k in state) == 4  # all D sets kept
+    # Without the epoch reset it would continue the vanilla run's optimizer: a clear refusal.
+    with pytest.raises(cu.CheckpointError, match="CHECKPOINT_EPOCH_RESET True"):
+        train(tiny_cfg(image_folder, tmp_path / "wfws2", "SOLVER.MAX_EPOCH", "2",
+                       "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "scalar_weighted_mean",
+                       "TRAIN.CHECKPOINT_FILE_PATH", ck, "TRAIN.CHECKPOINT_EPOCH_RESET", "False"))
 
 
 # ------------------------------------------------------------------------ kill and resume

@@ -105,6 +105,15 @@ def _wrap(model: nn.Module, cfg, info: DistInfo) -> nn.Module:
     return model
 
 
+def _load_optimizer(optimizer, ck: dict, path: str) -> None:
+    try:
+        optimizer.load_state_dict(ck["optimizer_state"])
+    except (ValueError, KeyError) as e:
+        raise cu.CheckpointError(
+            f"the optimizer state in {path} does not fit this model's parameters ({e}); set "
+            f"TRAIN.CHECKPOINT_EPOCH_RESET True to start a new schedule from its weights") from None
+
+
 def _resume(cfg, model, optimizer, scaler, log) -> int:
     """Load the newest checkpoint (AUTO_RESUME) or TRAIN.CHECKPOINT_FILE_PATH; returns the epoch
     to start at."""
@@ -113,7 +122,7 @@ def _resume(cfg, model, optimizer, scaler, log) -> int:
         ck = cu.load_checkpoint(latest)
         cu.load_model_weights(model, ck["model_state"], source=latest, allow_missing=())
         if "optimizer_state" in ck:
-            optimizer.load_state_dict(ck["optimizer_state"])
+            _load_optimizer(optimizer, ck, latest)
         if "scaler_state" in ck and scaler.is_enabled():
             scaler.load_state_dict(ck["scaler_state"])
         log.info(f"resumed from {latest} (epoch {ck['epoch'] + 1} done)")
@@ -127,7 +136,7 @@ def _resume(cfg, model, optimizer, scaler, log) -> int:
         log.info(f"initialised weights from {path}; starting at epoch 1")
         return 0
     if "optimizer_state" in ck:
-        optimizer.load_state_dict(ck["optimizer_state"])
+        _load_optimizer(optimizer, ck, path)
     log.info(f"continuing {path} after its epoch {ck['epoch'] + 1}")
     return int(ck["epoch"]) + 1
 
