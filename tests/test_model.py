@@ -154,3 +154,20 @@ def test_contract_and_bad_input():
         m([torch.zeros(1), torch.zeros(1)])
     with pytest.raises(ValueError, match="RELU, GELU"):
         SpinConvMixer(**SMALL, act="swish")
+
+
+@pytest.mark.parametrize("fusion", [None, "channel_weighted_mean"])
+def test_nhwc_activations_change_layout_not_math(fusion):
+    plan = build_plan(4, share_rate=2, mapping="strided")
+    nhwc = randomize_bn(SpinConvMixer(**SMALL, plan=plan, fusion=fusion))
+    nchw = SpinConvMixer(**SMALL, plan=plan, fusion=fusion, channels_last=False)
+    nchw.load_state_dict(nhwc.state_dict(), strict=True)
+    x = torch.randn(3, 3, 16, 16)
+    nhwc.eval(), nchw.eval()
+    assert nhwc.forward_features(x).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc(x), nchw(x), rtol=1e-5, atol=1e-5)
+    nhwc.train(), nchw.train()
+    nhwc(x).square().sum().backward()
+    nchw(x).square().sum().backward()
+    for (name, a), b in zip(nhwc.named_parameters(), nchw.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
