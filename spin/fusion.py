@@ -53,32 +53,32 @@ class _GroupMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, groups, coeffs, *weights):
-        w0 = weights[0]
-        out = w0.new_empty((len(groups),) + w0.shape)
-        for g, members in enumerate(groups):
-            acc = out[g]
+        out = []  # N separate tensors, so backward gets N separate gradients (no stack/unbind)
+        for members in groups:
+            acc = torch.empty_like(weights[members[0]])
             for j, l in enumerate(members):
                 w = weights[l] if coeffs is None else weights[l] * _per_channel(coeffs[l], weights[l])
                 acc.copy_(w) if j == 0 else acc.add_(w)
-            acc.mul_(1.0 / len(members))
+            out.append(acc.mul_(1.0 / len(members)))
         ctx.groups = groups
         ctx.save_for_backward(coeffs, *weights)
-        return out
+        return tuple(out)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         coeffs, *weights = ctx.saved_tensors
-        d = len(weights)
-        grad_w = [None] * d
+        grad_w = [None] * len(weights)
         grad_c = torch.zeros_like(coeffs) if coeffs is not None and ctx.needs_input_grad[1] else None
-        for g, members in enumerate(ctx.groups):
+        for members, grad in zip(ctx.groups, grads):
+            if grad is None:
+                continue
             scale = 1.0 / len(members)
             for l in members:
-                if ctx.needs_input_grad[2 + l]:
-                    grad_w[l] = (grad[g] * (scale if coeffs is None else
-                                            _per_channel(coeffs[l], grad[g]) * scale))
+                if ctx.needs_input_grad[2 + l]:  # a fresh tensor per layer: taken as .grad, no copy
+                    grad_w[l] = grad * (scale if coeffs is None else
+                                        _per_channel(coeffs[l], grad) * scale)
                 if grad_c is not None:
-                    prod = (grad[g] * weights[l]).reshape(grad.shape[1], -1).sum(1) * scale
+                    prod = (grad * weights[l]).reshape(grad.shape[0], -1).sum(1) * scale
                     grad_c[l] = prod.sum().reshape(1) if grad_c.shape[1] == 1 else prod
         return (None, grad_c, *grad_w)
 
@@ -104,7 +104,7 @@ class FusionIndex:
         if fusion == "choose_first":
             return tuple(weights[l] for l in self.first)  # the stored tensors themselves
         c = None if is_bias else coeffs
-        return _GroupMean.apply(self.groups, c, *weights).unbind(0)
+        return _GroupMean.apply(self.groups, c, *weights)
 
 
 def fuse(weights: Sequence[torch.Tensor], plan: SharingPlan, fusion: str,
