@@ -122,12 +122,15 @@ def _run(args, out, wait_for_kill=False):
     if not wait_for_kill:
         subprocess.run(cmd, check=True, env=env, capture_output=True)
         return None
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Own process group, killed whole: the job and its data-loader worker die together, as under a
+    # scheduler's kill (a lone SIGKILL would orphan the worker).
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
     first = out / "checkpoints" / "checkpoint_epoch_00001.pyth"
     deadline = time.time() + 120
     while not first.exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
+    os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     return p.returncode
 
