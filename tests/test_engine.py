@@ -86,6 +86,11 @@ def test_training_learns_writes_and_resumes(image_folder, tmp_path):
     res2 = train(tiny_cfg(image_folder, out, "SOLVER.MAX_EPOCH", "5"))
     assert res2["start_epoch"] == 4
     assert os.path.exists(ckdir / "checkpoint_epoch_00005.pyth")
+    # A finished run started again trains nothing, writes nothing, and reports its accuracy.
+    before = sorted(os.listdir(ckdir))
+    res3 = train(tiny_cfg(image_folder, out, "SOLVER.MAX_EPOCH", "5"))
+    assert res3["start_epoch"] == 5 and res3["val"]["samples"] == 32
+    assert sorted(os.listdir(ckdir)) == before
 
 
 def test_mixup_and_randaugment_path(image_folder, tmp_path):
