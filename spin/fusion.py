@@ -83,37 +83,24 @@ class _GroupMean(torch.autograd.Function):
         return (None, grad_c, *grad_w)
 
 
-class FusionIndex:
-    """The plan in the form fusion needs: the groups (layers of each set, in layer order) and
-    the first layer of each set."""
+def fuse_sets(plan: SharingPlan, weights: Sequence[torch.Tensor], fusion: str,
+              coeffs: Optional[torch.Tensor] = None, is_bias: bool = False) -> tuple:
+    """D per-layer tensors (C_out, ...) -> N fused tensors, grouped by ``plan.groups``.
 
-    def __init__(self, plan: SharingPlan):
-        self.groups = plan.groups
-        self.first = [g[0] for g in plan.groups]
-
-    @property
-    def num_sets(self) -> int:
-        return len(self.groups)
-
-    def fuse(self, weights: Sequence[torch.Tensor], fusion: str,
-             coeffs: Optional[torch.Tensor] = None, is_bias: bool = False) -> tuple:
-        """D per-layer tensors (C_out, ...) -> N fused tensors.
-
-        ``coeffs`` is (D, 1) or (D, C_out), the stacked ``reduction_w``; biases ignore it.
-        """
-        if fusion == "choose_first":
-            return tuple(weights[l] for l in self.first)  # the stored tensors themselves
-        c = None if is_bias else coeffs
-        return _GroupMean.apply(self.groups, c, *weights)
+    ``coeffs`` is (D, 1) or (D, C_out), the stacked ``reduction_w``; biases ignore it.
+    """
+    if fusion == "choose_first":
+        return tuple(weights[g[0]] for g in plan.groups)  # the stored tensors themselves
+    return _GroupMean.apply(plan.groups, None if is_bias else coeffs, *weights)
 
 
 def fuse(weights: Sequence[torch.Tensor], plan: SharingPlan, fusion: str,
          coeffs: Optional[Sequence[torch.Tensor]] = None, is_bias: bool = False) -> list[torch.Tensor]:
-    """List form of :meth:`FusionIndex.fuse`: D per-layer tensors -> N fused tensors."""
+    """Checked list form of :func:`fuse_sets`: D per-layer tensors -> N fused tensors."""
     fusion = parse_fusion(fusion)
     if fusion is None:
         raise SharingError("fuse() needs a fusion strategy; allowed: " + ", ".join(FUSIONS))
     if len(weights) != plan.depth:
         raise SharingError(f"fusion needs one tensor per layer ({plan.depth}), got {len(weights)}")
     c = torch.stack(list(coeffs)) if coeffs is not None else None
-    return list(FusionIndex(plan).fuse(list(weights), fusion, c, is_bias))
+    return list(fuse_sets(plan, list(weights), fusion, c, is_bias))

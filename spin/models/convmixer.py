@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..fusion import FusionIndex, coefficient_shape, parse_fusion
+from ..fusion import coefficient_shape, fuse_sets, parse_fusion
 from ..sharing import SharingError, SharingPlan
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -173,7 +173,6 @@ class SpinConvMixer(nn.Module):
             MixerBlock(dim, kernel_size, act, not self.share_dwise, not self.share_norm,
                        pointwise_residual) for _ in range(depth)])
         self.head = ClassifierHead(dim, num_classes, drop_rate)
-        self.fusion_index = FusionIndex(plan)
         # Which stored entry layer i reads: its set when the part is shared (after fusion for
         # WFWS), its own entry otherwise.
         self.pw_index = list(plan.layer_to_set) if share_pw else list(range(depth))
@@ -209,7 +208,7 @@ class SpinConvMixer(nn.Module):
         c = torch.stack(list(coeffs)) if coeffs is not None else None  # (D, 1|C)
         # N separate tensors: indexing one (N, ...) result per layer would make each layer's
         # backward write a zero-filled (N, ...) gradient (32 x 38 MB per step at 768/32).
-        out = self.fusion_index.fuse(list(weights), self.fusion, c, is_bias)
+        out = fuse_sets(self.plan, list(weights), self.fusion, c, is_bias)
         if key is not None:
             self._fusion_cache[id(weights)] = (key, out)
         return out
