@@ -1,5 +1,6 @@
-"""``spin <command>``: train | test (and the tools added alongside). Thin: parse, then call the
-package. Every user error ends in one ``spin: error: ...`` line and exit status 2."""
+"""``spin <command>``: train | test | fuse | stats | predict | bench. Thin: parse, then call the
+package. Every user error (any :class:`~spin.errors.SpinError`) ends in ``spin: error: ...``
+lines, one per problem, and exit status 2, before anything is written."""
 from __future__ import annotations
 
 import os
@@ -9,14 +10,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .config import ConfigError, cfg_from_args, get_args_parser
-from .data import DataError
-from .engine.checkpoint import CheckpointError, cfg_from_checkpoint
+from .config import ArgumentParser, ConfigError, cfg_from_args, check_cfg, get_args_parser
+from .engine.checkpoint import cfg_from_checkpoint
 from .engine.distributed import DistInfo, cleanup, init_distributed, pick_device, under_torchrun
-from .engine.engine import NonFiniteLossError
-from .sharing import SharingError
-
-USER_ERRORS = (ConfigError, SharingError, CheckpointError, DataError, NonFiniteLossError)
+from .errors import SpinError
 
 
 def parse(parser, argv: Sequence[str]):
@@ -107,24 +104,28 @@ def test_job(cfg, info: DistInfo):
 def train_main(argv: Sequence[str]):
     """spin train --cfg FILE [KEY VALUE ...] (= tools/run_net.py): trains if TRAIN.ENABLE, then
     tests if TEST.ENABLE."""
-    args = parse(get_args_parser("spin train"), argv)
-    return launch(cfg_from_args(args), args.init_method, run_net_job)
+    args = parse(get_args_parser("spin train", train_main.__doc__), argv)
+    cfg = cfg_from_args(args)
+    check_cfg(cfg, "train")
+    return launch(cfg, args.init_method, run_net_job)
 
 
 def test_main(argv: Sequence[str]):
     """spin test --cfg FILE TEST.CHECKPOINT_FILE_PATH ck.pyth: top-1/top-5 and loss."""
-    args = parse(get_args_parser("spin test"), argv)
+    args = parse(get_args_parser("spin test", test_main.__doc__), argv)
     cfg = cfg_from_args(args)
     if not args.cfg_files and cfg.TEST.CHECKPOINT_FILE_PATH:
         cfg = cfg_from_checkpoint(cfg.TEST.CHECKPOINT_FILE_PATH, args.opts)
+    check_cfg(cfg, "test")
     return launch(cfg, args.init_method, test_job)
 
 
 def launch_main(argv: Sequence[str]):
     """What run.sh calls: with NUM_GPUS > 1 and CUDA, re-run ``spin train`` under torchrun with
     one process per GPU (and NUM_SHARDS nodes); else train in this process."""
-    args = parse(get_args_parser("spin launch"), argv)
+    args = parse(get_args_parser("spin launch", launch_main.__doc__), argv)
     cfg = cfg_from_args(args)
+    check_cfg(cfg, "train")
     if cfg.NUM_GPUS > 1 and torch.cuda.is_available() and not under_torchrun():
         torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
         host_port = args.init_method.split("://", 1)[-1]
@@ -141,7 +142,7 @@ def fuse_main(argv: Sequence[str]):
     """spin fuse --cfg WFWS.yaml TRAIN.CHECKPOINT_FILE_PATH ck.pyth: export a fused WS checkpoint."""
     from .export import default_output, fuse_checkpoint, human_bytes
 
-    p = get_args_parser("spin fuse")
+    p = get_args_parser("spin fuse", fuse_main.__doc__)
     p.add_argument("--output", default="", help="output .pyth (default OUTPUT_DIR/<name>-fused.pyth)")
     p.add_argument("--safetensors", action="store_true", help="also write <output>.safetensors")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -171,7 +172,7 @@ def stats_main(argv: Sequence[str]):
     from .export import human_bytes
     from .stats import describe, format_table
 
-    p = argparse.ArgumentParser(prog="spin stats", description=stats_main.__doc__)
+    p = ArgumentParser(prog="spin stats", description=stats_main.__doc__)
     p.add_argument("--cfg", action="append", default=[], help="a config: one row each")
     p.add_argument("--checkpoint", action="append", default=[], help="a .pyth: one row each")
     p.add_argument("--sweep", nargs=2, action="append", default=[], metavar=("KEY", "V1,V2,..."),
@@ -212,7 +213,7 @@ def predict_main(argv: Sequence[str]):
 
     from .predict import predict
 
-    p = argparse.ArgumentParser(prog="spin predict", description=predict_main.__doc__)
+    p = ArgumentParser(prog="spin predict", description=predict_main.__doc__)
     p.add_argument("--checkpoint", required=True, help="a .pyth with a stored cfg (any spin checkpoint)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of the stored cfg")
@@ -247,10 +248,16 @@ def main(argv: Sequence[str] = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         COMMANDS[argv[0]](argv[1:])
-    except USER_ERRORS as e:
-        print(f"spin: error: {e}", file=sys.stderr)
+    except SpinError as e:
+        report(e)
         return 2
     return 0
+
+
+def report(err: Exception) -> None:
+    """One ``spin: error:`` line per problem; indented lines continue the problem above."""
+    for line in str(err).splitlines() or [type(err).__name__]:
+        print(line if line.startswith(" ") else f"spin: error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Export a trained WFWS checkpoint as a plain WS checkpoint (upstream's fuse_weights.py step).
+"""Export a trained WFWS checkpoint as a plain WS checkpoint (upstream's fuse_weights.py step),
+for every model family.
 
 The D stored sets are replaced by the N fused ones, the fusion coefficients are dropped, and the
 stored cfg gets REDUCTION_FN None, so the file reloads with the WS config. Only model weights are
@@ -10,9 +11,12 @@ import os
 from typing import Optional
 
 
+from .config import check_cfg
 from .engine import checkpoint as cu
-from .fusion import parse_fusion
+from .engine.runfolder import atomic_write
 from .models import build_model
+from .models.factory import fusion_from_cfg, plan_section, plan_section_name
+from .share import fuse
 
 
 def _state_bytes(state: dict) -> int:
@@ -28,10 +32,12 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
                     overwrite: bool = False) -> dict:
     """Load ``checkpoint`` into the WFWS model of ``cfg``, fuse, write ``output`` (and
     ``output`` with .safetensors). Returns sizes and paths."""
-    if not parse_fusion(cfg.CONVMIXER.WEIGHT_SHARE.REDUCTION_FN):
+    check_cfg(cfg, "fuse")
+    where = plan_section_name(cfg)
+    if not fusion_from_cfg(cfg):
         raise cu.CheckpointError(
-            "spin fuse needs the WFWS config the checkpoint was trained with "
-            "(CONVMIXER.WEIGHT_SHARE.REDUCTION_FN set, e.g. configs/WFWS-ConvMixer.yaml)")
+            f"spin fuse needs the WFWS config the checkpoint was trained with ({where}.ENABLE True "
+            f"and {where}.REDUCTION_FN set, e.g. configs/WFWS-ConvMixer.yaml)")
     st_path = os.path.splitext(output)[0] + ".safetensors" if safetensors else None
     for path in filter(None, (output, st_path)):
         if os.path.exists(path) and not overwrite:
@@ -41,9 +47,9 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
     wfws = build_model(cfg)
     cu.load_model_weights(wfws, ck["model_state"], source=checkpoint)
     wfws.eval()
-    ws = wfws.fuse()
+    ws = fuse(wfws)
     ws_cfg = cfg.clone()
-    ws_cfg.CONVMIXER.WEIGHT_SHARE.REDUCTION_FN = None
+    plan_section(ws_cfg).REDUCTION_FN = None
     ws_cfg.TRAIN.CHECKPOINT_FILE_PATH = ""
     ws_cfg.TRAIN.CHECKPOINT_EPOCH_RESET = False
     state = {k: v.contiguous() for k, v in ws.state_dict().items()}
@@ -51,11 +57,10 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
     cu.atomic_save({"epoch": int(ck.get("epoch", 0)), "model_state": state, "cfg": ws_cfg.dump(),
                     **extra}, output)
     if st_path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        tmp = st_path + ".tmp"
-        save_file(state, tmp, metadata={"cfg": ws_cfg.dump()})
-        os.replace(tmp, st_path)
+        blob = save(state, metadata={"cfg": ws_cfg.dump()})
+        atomic_write(st_path, lambda f: f.write(blob))
     return {
         "input": checkpoint, "output": output, "safetensors": st_path,
         "params_before": sum(p.numel() for p in wfws.parameters()),
@@ -68,15 +73,10 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
 
 def load_safetensors_model(path: str, cfg=None):
     """Rebuild a model from an exported .safetensors file (its metadata holds the cfg)."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if cfg is None:
-        cfg = cu.cfg_from_checkpoint(path, ck={"cfg": meta.get("cfg")})
+    ck = cu.load_checkpoint(path)
+    cfg = cfg if cfg is not None else cu.cfg_from_checkpoint(path, ck=ck)
     model = build_model(cfg)
-    cu.load_model_weights(model, state, source=path)
+    cu.load_model_weights(model, ck["model_state"], source=path)
     return model, cfg
 
 

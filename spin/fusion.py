@@ -94,6 +94,16 @@ def fuse_sets(plan: SharingPlan, weights: Sequence[torch.Tensor], fusion: str,
     return _GroupMean.apply(plan.groups, None if is_bias else coeffs, *weights)
 
 
+def fuse_group(weights: Sequence[torch.Tensor], fusion: str,
+               coeffs: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    """One group's member tensors (C_out, ...) in layer order -> its fused tensor. ``coeffs``:
+    one (1,) or (C_out,) coefficient per member, or None (plain mean; biases pass None)."""
+    if fusion == "choose_first":
+        return weights[0]
+    c = torch.stack(list(coeffs)) if coeffs is not None else None
+    return _GroupMean.apply((tuple(range(len(weights))),), c, *weights)[0]
+
+
 def fuse(weights: Sequence[torch.Tensor], plan: SharingPlan, fusion: str,
          coeffs: Optional[Sequence[torch.Tensor]] = None, is_bias: bool = False) -> list[torch.Tensor]:
     """Checked list form of :func:`fuse_sets`: D per-layer tensors -> N fused tensors."""

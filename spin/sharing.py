@@ -15,8 +15,13 @@ A plan for a network of depth D has three parts (SPIN §3, design space):
   ``pyramid``    round-robin that reverses direction every pass (0..N-1, N-1..0, ...);
   ``random``     a seeded shuffle of the sequential map (reproducible from the seed alone);
   or an explicit layer -> set list.
-* scope: which per-layer weights are replaced by shared sets: ``pointwise`` (upstream),
-  ``depthwise``, ``norm`` (BatchNorm, the paper's diverging ablation), joined with ``+``.
+* scope: which per-layer parameters are replaced by shared sets. Each model family names the
+  parts of its block (ConvMixer ``pointwise`` (upstream), ``depthwise``, ``norm``; ViT/DeiT ``attn``,
+  ``mlp``, ``norm``, ``ls``; isotropic ConvNeXt ``dwconv``, ``pwconv``, ``norm``, ``gamma``; MLP-Mixer
+  ``token``, ``channel``, ``norm``), and glob patterns on block-relative parameter names
+  (``attn.qkv``, ``mlp.*``) select anything else; parts are joined with ``+``. An empty scope
+  means the family's default (the paper's choices: ConvMixer ``pointwise``, DeiT ``attn+mlp``,
+  ConvNeXt ``dwconv+pwconv``).
 
 Non-uniform distributions put every group at size 1 and hand out the remaining D - N layers in
 proportion to a ramp (front: 0..N-1, back: N-1..0, middle: distance from the centre) with the
@@ -25,28 +30,46 @@ largest-remainder rule, so N is the same as for ``uniform`` and the result is de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
+
+from .errors import SpinError
 
 DISTRIBUTIONS = ("uniform", "front", "back", "middle")
 MAPPINGS = ("sequential", "strided", "pyramid", "random")
-SCOPE_PARTS = ("pointwise", "depthwise", "norm")
-SCOPE_ALIASES = {"both": ("pointwise", "depthwise"), "all": SCOPE_PARTS, "bn": ("norm",)}
+
+# Named scopes of each model family: name -> glob patterns on block-relative parameter names.
+# The patterns follow the published layouts (timm's ViT Block, MixerBlock and ConvMixer blocks,
+# the official ConvNeXt block); spin's own ConvMixer resolves its names itself (upstream keys).
+SCOPES = {
+    "convmixer": {"pointwise": ("1.*",), "depthwise": ("0.fn.0.*",), "norm": ("0.fn.2.*", "3.*")},
+    "vit": {"attn": ("attn.qkv.*", "attn.proj.*"), "mlp": ("mlp.*",), "norm": ("norm1.*", "norm2.*"),
+            "ls": ("ls1.*", "ls2.*")},
+    "convnext": {"dwconv": ("dwconv.*",), "pwconv": ("pwconv1.*", "pwconv2.*"), "norm": ("norm.*",),
+                 "gamma": ("gamma",)},
+    "mixer": {"token": ("mlp_tokens.*",), "channel": ("mlp_channels.*",), "norm": ("norm1.*", "norm2.*")},
+}
+DEFAULT_SCOPES = {"convmixer": "pointwise", "vit": "attn+mlp", "convnext": "dwconv+pwconv",
+                  "mixer": "token+channel"}
+SCOPE_ALIASES = {"both": ("pointwise", "depthwise"), "bn": ("norm",), "all": ("*",)}
+# Canonical order of named parts, so a scope prints the same however it was written.
+SCOPE_NAMES = tuple(dict.fromkeys(n for f in SCOPES.values() for n in f))
+_PATTERN_CHARS = set(".*?[")
 
 Distribution = Union[str, Sequence[int]]
 Mapping = Union[str, Sequence[int]]
 
 
-class SharingError(ValueError):
+class SharingError(SpinError, ValueError):
     """An invalid sharing plan. The message names the bad value and what is allowed."""
 
 
 @dataclass(frozen=True)
 class SharingPlan:
     """A resolved plan. ``layer_to_set[i]`` is the set used by layer i; ``groups[g]`` lists the
-    layers of set g in layer order; ``scope`` names the shared weight kinds."""
+    layers of set g in layer order; ``scope`` names the shared parts (empty: the family default)."""
 
     layer_to_set: tuple[int, ...]
-    scope: tuple[str, ...] = ("pointwise",)
+    scope: tuple[str, ...] = ()
     groups: tuple[tuple[int, ...], ...] = field(init=False)
 
     def __post_init__(self):
@@ -90,23 +113,51 @@ class SharingPlan:
         return cls(tuple(range(depth)))
 
 
-def parse_scope(scope: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    """'pointwise', 'both', 'pointwise+norm', ['depthwise', 'norm'] -> canonical sorted tuple."""
+def parse_scope(scope: Union[str, Sequence[str], None]) -> tuple[str, ...]:
+    """'pointwise', 'both', 'norm+pointwise', 'attn+mlp.fc1', ['depthwise'] -> canonical tuple:
+    named parts in SCOPE_NAMES order, then patterns as given. None or '' -> () (the default)."""
+    if scope is None:
+        return ()
     parts = scope.replace(",", "+").split("+") if isinstance(scope, str) else list(scope)
-    out: set[str] = set()
-    for p in parts:
-        p = p.strip().lower()
-        if p in SCOPE_ALIASES:
-            out.update(SCOPE_ALIASES[p])
-        elif p in SCOPE_PARTS:
-            out.add(p)
+    out: list[str] = []
+    for p in (str(p).strip() for p in parts):
+        key = p.lower()
+        if not p:
+            continue
+        if key in SCOPE_ALIASES:
+            out += SCOPE_ALIASES[key]
+        elif key in SCOPE_NAMES:
+            out.append(key)
+        elif _PATTERN_CHARS & set(p):
+            out.append(p)
+        else:
+            vocab = "; ".join(f"{fam}: {', '.join(names)}" for fam, names in SCOPES.items())
+            raise SharingError(
+                f"unknown sharing scope {p!r} in {scope!r}; named scopes ({vocab}) joined with "
+                f"'+', or {', '.join(SCOPE_ALIASES)}, or glob patterns on block-relative parameter "
+                f"names such as 'attn.qkv' or 'mlp.*'")
+    names = [n for n in SCOPE_NAMES if n in out]
+    return tuple(names + list(dict.fromkeys(p for p in out if p not in SCOPE_NAMES)))
+
+
+def scope_patterns(scope: Sequence[str], family: Optional[str]) -> tuple[str, ...]:
+    """A parsed scope -> glob patterns for ``family``: its named parts expanded, its default
+    when ``scope`` is empty (every block parameter for a model of no known family)."""
+    vocab = SCOPES.get(family or "", {})
+    if not scope:
+        scope = parse_scope(DEFAULT_SCOPES[family]) if family in DEFAULT_SCOPES else ("*",)
+    out: list[str] = []
+    for p in scope:
+        if p not in SCOPE_NAMES:
+            out.append(p)
+        elif p in vocab:
+            out += vocab[p]
         else:
             raise SharingError(
-                f"unknown sharing scope {p!r} in {scope!r}; allowed: {', '.join(SCOPE_PARTS)} "
-                f"joined with '+', or {', '.join(SCOPE_ALIASES)}")
-    if not out:
-        raise SharingError(f"empty sharing scope {scope!r}; use e.g. 'pointwise'")
-    return tuple(p for p in SCOPE_PARTS if p in out)
+                f"sharing scope {p!r} is not a part of {family or 'this model'}'s blocks; "
+                + (f"its parts are {', '.join(vocab)}" if vocab else "it has no named parts")
+                + ", or give glob patterns on block-relative parameter names (e.g. 'mlp.*')")
+    return tuple(dict.fromkeys(out))
 
 
 def group_sizes(depth: int, num_sets: int, distribution: Distribution = "uniform") -> list[int]:
@@ -202,7 +253,7 @@ def build_plan(
     distribution: Distribution = "uniform",
     mapping: Mapping = "sequential",
     seed: int = 0,
-    scope: Union[str, Sequence[str]] = "pointwise",
+    scope: Union[str, Sequence[str], None] = None,
 ) -> SharingPlan:
     """Resolve a plan. ``num_sets`` (if > 0) overrides ``share_rate``: N = depth // share_rate.
 

@@ -1,15 +1,34 @@
-"""Model statistics: the row SPIN's README uses (C/D/P/K, sharing, fusion, rate, distribution,
-mapping) plus parameters, unique parameters, GMACs per image and fp32 size."""
+"""Model statistics: the row SPIN's README uses (C/D/P/K or the family's architecture, sharing,
+fusion, rate, distribution, mapping, scope) plus parameters, unique parameters, GMACs per image
+and fp32 size, for every model family."""
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .fusion import parse_fusion
-from .models import build_model
+from .config import check_cfg
+from .models import build_model, family, plan_section
+from .share import sharing_of, unique_parameters
+from .sharing import DEFAULT_SCOPES
 
-COLUMNS = ["name", "C/D/P/K", "sharing", "fusion", "rate", "distribution", "mapping", "scope",
-           "params", "unique params", "GMACs", "fp32 MB"]
+COLUMNS = ["name", "model", "C/D/P/K", "arch", "sharing", "fusion", "rate", "distribution", "mapping",
+           "scope", "params", "unique params", "GMACs", "fp32 MB"]
+
+
+def arch_string(cfg) -> tuple[str, str]:
+    """(column, value): ConvMixer's C/D/P/K as SPIN's README writes it, else a compact arch."""
+    fam = family(cfg)
+    if fam == "convmixer":
+        c = cfg.CONVMIXER
+        return "C/D/P/K", f"{c.CHANNEL}/{c.DEPTH}/{c.PATCH_KERNEL}/{c.KERNEL}"
+    if fam == "vit":
+        v = cfg.VIT
+        return "arch", f"dim {v.EMBED_DIM}, depth {v.DEPTH}, heads {v.NUM_HEADS}, patch {v.PATCH_SIZE}"
+    if fam == "convnext":
+        c = cfg.CONVNEXT
+        return "arch", f"dim {c.DIM}, depth {c.DEPTH}, patch {c.PATCH_SIZE}, kernel {c.KERNEL}"
+    m = cfg.MIXER
+    return "arch", f"dim {m.EMBED_DIM}, depth {m.DEPTH}, patch {m.PATCH_SIZE}"
 
 
 def count_macs(model: torch.nn.Module, crop: int, in_chans: int = 3) -> int:
@@ -22,32 +41,34 @@ def count_macs(model: torch.nn.Module, crop: int, in_chans: int = 3) -> int:
 
 
 def describe(cfg, name: str = "") -> dict:
-    """One stats row for a config. Models are built on the meta device: no memory, no compute."""
-    c, ws = cfg.CONVMIXER, cfg.CONVMIXER.WEIGHT_SHARE
+    """One stats row for a config. Models are built on the meta device: no memory, no compute;
+    WFWS is measured as its export (the fusion's element-wise ops are not multiply-adds)."""
+    check_cfg(cfg, "stats")
     with torch.device("meta"):
         model = build_model(cfg)
-        export_cfg = cfg.clone()
-        export_cfg.CONVMIXER.WEIGHT_SHARE.REDUCTION_FN = None  # WFWS is measured as its export
-        exported = build_model(export_cfg) if model.fusion else model
-    plan = model.plan
+    plan, fusion = sharing_of(model)
+    ws = plan_section(cfg)
     params = sum(p.numel() for p in model.parameters())
-    unique = sum(p.numel() for p in exported.parameters())
-    shared = plan.is_shared
-    custom_dist = str(ws.SHARING_DISTRIBUTION).lower() == "custom"
-    dist = (f"custom {list(plan.group_sizes)}" if custom_dist else str(ws.SHARING_DISTRIBUTION))
+    unique = unique_parameters(model)
+    shared = plan is not None and plan.is_shared
+    dist = str(ws.SHARING_DISTRIBUTION)
+    dist = f"custom {list(plan.group_sizes)}" if dist.lower() == "custom" and plan else dist
     mapping = str(ws.SHARING_MAPPING) + (f" (seed {ws.SEED})" if str(ws.SHARING_MAPPING) == "random" else "")
+    scope = "+".join(plan.scope) if plan and plan.scope else DEFAULT_SCOPES[family(cfg)]
+    col, arch = arch_string(cfg)
     return {
         "name": name,
-        "C/D/P/K": f"{c.CHANNEL}/{c.DEPTH}/{c.PATCH_KERNEL}/{c.KERNEL}",
+        "model": cfg.MODEL.MODEL_NAME,
+        col: arch,
         "sharing": "yes" if shared else "no",
-        "fusion": (parse_fusion(ws.REDUCTION_FN) or "no") if ws.ENABLE else "no",
+        "fusion": fusion or "no",
         "rate": f"{plan.depth / plan.num_sets:g}" if shared else "-",
         "distribution": dist if shared else "-",
         "mapping": mapping if shared else "-",
-        "scope": "+".join(plan.scope) if shared else "-",
+        "scope": scope if shared else "-",
         "params": params,
         "unique params": unique,
-        "GMACs": count_macs(exported, cfg.DATA.TEST_CROP_SIZE, cfg.DATA.INPUT_CHANNEL_NUM[0]) / 1e9,
+        "GMACs": count_macs(model, cfg.DATA.TEST_CROP_SIZE, cfg.DATA.INPUT_CHANNEL_NUM[0]) / 1e9,
         "fp32 MB": unique * 4 / 1e6,
     }
 
@@ -62,6 +83,8 @@ def _cell(v) -> str:
 
 def format_table(rows: list[dict], markdown: bool = False) -> str:
     cols = [c for c in COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
+    if len({r.get("model") for r in rows}) <= 1:  # one family: the arch column says enough
+        cols = [c for c in cols if c != "model"]
     cols += [k for r in rows for k in r if k not in cols and k not in COLUMNS]
     cells = [[_cell(r.get(c, "")) for c in cols] for r in rows]
     if markdown:

@@ -1,7 +1,8 @@
-"""Config: SlowFast-schema defaults and the ``--cfg FILE KEY VALUE`` parser."""
-from .defaults import get_cfg
-from .parser import (ConfigError, cfg_from_args, get_args_parser, load_config, merge_known,
+"""Config: SlowFast-schema defaults, the ``--cfg FILE KEY VALUE`` parser and the one value check."""
+from .check import check_cfg
+from .defaults import CHOICES, FAMILY_SECTIONS, MODEL_FAMILIES, get_cfg
+from .parser import (ArgumentParser, ConfigError, cfg_from_args, get_args_parser, load_config, merge_known,
                      merge_opts)
 
-__all__ = ["get_cfg", "load_config", "get_args_parser", "cfg_from_args", "merge_opts", "merge_known",
-           "ConfigError"]
+__all__ = ["ArgumentParser", "get_cfg", "load_config", "get_args_parser", "cfg_from_args", "merge_opts", "merge_known",
+           "ConfigError", "check_cfg", "CHOICES", "MODEL_FAMILIES", "FAMILY_SECTIONS"]

@@ -59,26 +59,67 @@ _C.CONVMIXER.ACT_FUNC = "RELU"
 # True: SPIN block (both halves residual). False: original ConvMixer / timm block.
 _C.CONVMIXER.POINTWISE_RESIDUAL = True
 
-_C.CONVMIXER.WEIGHT_SHARE = CfgNode()
-_C.CONVMIXER.WEIGHT_SHARE.ENABLE = False
-# uniform | front | back | middle | custom (then GROUP_SIZES)
-_C.CONVMIXER.WEIGHT_SHARE.SHARING_DISTRIBUTION = "uniform"
-# sequential | strided | pyramid | random (seeded by SEED) | custom (then LAYER_MAP)
-_C.CONVMIXER.WEIGHT_SHARE.SHARING_MAPPING = "sequential"
-_C.CONVMIXER.WEIGHT_SHARE.SHARE_RATE = 1
-# None | mean | choose_first | scalar_weighted_mean | channel_weighted_mean
-_C.CONVMIXER.WEIGHT_SHARE.REDUCTION_FN = None
-# Extensions (defaults keep upstream behaviour):
-# number of unique sets N; 0 = DEPTH // SHARE_RATE.
-_C.CONVMIXER.WEIGHT_SHARE.NUM_SETS = 0
-# explicit group sizes, used when SHARING_DISTRIBUTION is custom.
-_C.CONVMIXER.WEIGHT_SHARE.GROUP_SIZES = []
-# explicit layer -> set map, used when SHARING_MAPPING is custom.
-_C.CONVMIXER.WEIGHT_SHARE.LAYER_MAP = []
-# seed of the random mapping (part of the architecture: stored with every checkpoint's cfg).
-_C.CONVMIXER.WEIGHT_SHARE.SEED = 0
-# what is shared: pointwise | depthwise | norm, joined with '+'; 'both' = pointwise+depthwise.
-_C.CONVMIXER.WEIGHT_SHARE.SCOPE = "pointwise"
+
+
+def _weight_share(scope: str) -> CfgNode:
+    """The plan keys (one schema for every family; defaults keep upstream behaviour)."""
+    ws = CfgNode()
+    ws.ENABLE = False
+    # uniform | front | back | middle | custom (then GROUP_SIZES)
+    ws.SHARING_DISTRIBUTION = "uniform"
+    # sequential | strided | pyramid | random (seeded by SEED) | custom (then LAYER_MAP)
+    ws.SHARING_MAPPING = "sequential"
+    ws.SHARE_RATE = 1
+    # None | mean | choose_first | scalar_weighted_mean | channel_weighted_mean
+    ws.REDUCTION_FN = None
+    # number of unique sets N; 0 = DEPTH // SHARE_RATE.
+    ws.NUM_SETS = 0
+    # explicit group sizes, used when SHARING_DISTRIBUTION is custom.
+    ws.GROUP_SIZES = []
+    # explicit layer -> set map, used when SHARING_MAPPING is custom.
+    ws.LAYER_MAP = []
+    # seed of the random mapping (part of the architecture: stored with every checkpoint's cfg).
+    ws.SEED = 0
+    # what is shared: the family's named parts joined with '+' or glob patterns on block-relative
+    # parameter names ('' = the family's default: ConvMixer pointwise, DeiT attn+mlp, ...).
+    ws.SCOPE = scope
+    return ws
+
+
+# ConvMixer configs keep the published place of the plan keys; every other family reads the
+# family-independent WEIGHT_SHARE section below (same keys).
+_C.CONVMIXER.WEIGHT_SHARE = _weight_share("pointwise")
+
+# ViT / DeiT (timm's VisionTransformer; image size = DATA.TRAIN_CROP_SIZE). Defaults: DeiT-S.
+_C.VIT = CfgNode()
+_C.VIT.PATCH_SIZE = 16
+_C.VIT.EMBED_DIM = 384
+_C.VIT.DEPTH = 12
+_C.VIT.NUM_HEADS = 6
+_C.VIT.MLP_RATIO = 4.0
+_C.VIT.QKV_BIAS = True
+# Layer scale init (timm init_values); 0 = no layer scale (DeiT).
+_C.VIT.LAYER_SCALE_INIT_VALUE = 0.0
+_C.VIT.CLASS_TOKEN = True
+_C.VIT.GLOBAL_POOL = "token"
+
+# Isotropic ConvNeXt (the official convnext_isotropic.py). Defaults: ConvNeXt-S (iso.).
+_C.CONVNEXT = CfgNode()
+_C.CONVNEXT.DIM = 384
+_C.CONVNEXT.DEPTH = 18
+_C.CONVNEXT.PATCH_SIZE = 16
+_C.CONVNEXT.KERNEL = 7
+_C.CONVNEXT.LAYER_SCALE_INIT_VALUE = 0.0
+_C.CONVNEXT.HEAD_INIT_SCALE = 1.0
+
+# MLP-Mixer (timm's MlpMixer; image size = DATA.TRAIN_CROP_SIZE). Defaults: Mixer-S/16.
+_C.MIXER = CfgNode()
+_C.MIXER.PATCH_SIZE = 16
+_C.MIXER.EMBED_DIM = 512
+_C.MIXER.DEPTH = 8
+_C.MIXER.MLP_RATIO = [0.5, 4.0]
+
+_C.WEIGHT_SHARE = _weight_share("")
 
 _C.MODEL = CfgNode()
 _C.MODEL.NUM_CLASSES = 1000
@@ -86,6 +127,14 @@ _C.MODEL.ARCH = "2d"
 _C.MODEL.MODEL_NAME = "WSConvMixer"
 _C.MODEL.LOSS_FUNC = "cross_entropy"
 _C.MODEL.DROPOUT_RATE = 0.5
+# Stochastic depth: the drop-path rate of the last block, linear from 0 over the depth.
+_C.MODEL.DROP_PATH_RATE = 0.0
+
+# Exponential moving average of the weights (timm's ModelEmaV3), evaluated and checkpointed
+# beside the model.
+_C.MODEL_EMA = CfgNode()
+_C.MODEL_EMA.ENABLE = False
+_C.MODEL_EMA.DECAY = 0.99996
 
 # ------------------------------------------------------------------------------ augmentation
 _C.AUG = CfgNode()
@@ -122,6 +171,9 @@ _C.SOLVER.WARMUP_EPOCHS = 0.0
 _C.SOLVER.WARMUP_START_LR = 0.01
 _C.SOLVER.OPTIMIZING_METHOD = "sgd"
 _C.SOLVER.CLIP_GRAD_L2NORM = None
+# SlowFast's key: no weight decay on 1-D parameters (biases, norms, layer scales) and on the
+# model's no_weight_decay() names (ViT: pos_embed, cls_token), as timm and DeiT do.
+_C.SOLVER.ZERO_WD_1D_PARAM = False
 
 _C.BN = CfgNode()
 _C.BN.WEIGHT_DECAY = 0.0
@@ -149,8 +201,31 @@ _C.SHARD_ID = 0
 _C.RNG_SEED = 1
 _C.OUTPUT_DIR = "."
 _C.LOG_PERIOD = 10
+# json_stats lines on the console: None = only when it is not a terminal (they always go to
+# OUTPUT_DIR/stdout.log); True / False to force.
+_C.LOG_JSON_TO_CONSOLE = None
 _C.LOG_MODEL_INFO = True
 _C.DIST_BACKEND = "nccl"
+
+
+# The allowed values of the keys that name something; the modules that implement them read these.
+MODEL_FAMILIES = {"WSConvMixer": "convmixer", "ConvMixer": "convmixer", "SpinConvMixer": "convmixer",
+                  "VisionTransformer": "vit", "DeiT": "vit", "ConvNeXtIsotropic": "convnext",
+                  "MlpMixer": "mixer"}
+FAMILY_SECTIONS = {"convmixer": "CONVMIXER", "vit": "VIT", "convnext": "CONVNEXT", "mixer": "MIXER"}
+CHOICES = {
+    "MODEL.MODEL_NAME": tuple(MODEL_FAMILIES),
+    "MODEL.LOSS_FUNC": ("cross_entropy", "soft_cross_entropy"),
+    "SOLVER.OPTIMIZING_METHOD": ("adamw", "adam", "sgd"),
+    "SOLVER.LR_POLICY": ("onecycle", "cosine", "constant"),
+    "TRAIN.DATASET": ("imagenet", "folder", "digits", "cifar10", "cifar100"),
+    "TEST.DATASET": ("imagenet", "folder", "digits", "cifar10", "cifar100"),
+    "TRAIN.AMP_DTYPE": ("float16", "bfloat16"),
+    "AUG.INTERPOLATION": ("bicubic", "bilinear", "nearest"),
+    "AUG.RE_MODE": ("const", "rand", "pixel"),
+    "CONVMIXER.ACT_FUNC": ("RELU", "GELU"),
+    "DIST_BACKEND": ("nccl", "gloo"),
+}
 
 
 def get_cfg() -> CfgNode:

@@ -4,14 +4,17 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 from typing import Optional, Sequence
 
+import yaml
 from yacs.config import CfgNode
 
+from ..errors import SpinError
 from .defaults import get_cfg
 
 
-class ConfigError(ValueError):
+class ConfigError(SpinError, ValueError):
     """A bad config: the message says which key or file, what is wrong and how to fix it."""
 
 
@@ -22,6 +25,13 @@ def _all_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
     return out
 
 
+def _default(key: str):
+    node = get_cfg()
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def _explain(err: Exception, where: str) -> ConfigError:
     msg = str(err.args[0]) if err.args else str(err)
     if msg.startswith(("Non-existent config key:", "Non-existent key:")):
@@ -29,18 +39,47 @@ def _explain(err: Exception, where: str) -> ConfigError:
         close = difflib.get_close_matches(key, _all_keys(get_cfg()), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; see spin/config/defaults.py"
         return ConfigError(f"unknown config key {key} in {where}{hint}")
+    m = re.search(r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([\w.]+)'>\).*for config key: (\S+)",
+                  msg, re.S)
+    if m:
+        want, got, key = m.group(1).split(".")[-1], m.group(2).split(".")[-1], m.group(3)
+        default = _default(key)
+        if isinstance(default, CfgNode):
+            return ConfigError(f"wrong value type in {where}: {key} is a section (its keys: "
+                               f"{', '.join(list(default)[:4])}, ...), got a {got}; indent its keys under it")
+        return ConfigError(f"wrong value type in {where}: {key} must be a {want} like its default "
+                           f"{default!r}, got a {got}; give a value of the default's type")
     if "Type mismatch" in msg:
-        return ConfigError(f"wrong value type in {where}: {msg}; give a value of the default's type")
-    return ConfigError(f"bad config in {where}: {msg}")
+        return ConfigError(f"wrong value type in {where}: {msg.splitlines()[0]}; give a value of the "
+                           f"default's type")
+    return ConfigError(f"bad config in {where}: {msg.splitlines()[0] if msg else type(err).__name__}; "
+                       f"keys are upper-case names, values YAML scalars or lists")
 
 
 def merge_file(cfg: CfgNode, path: str) -> None:
+    """Merge a YAML file; any file that is not a mapping of known keys is a ConfigError."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist; pass --cfg with a YAML file "
                           f"such as configs/WS-ConvMixer.yaml")
     try:
-        cfg.merge_from_file(path)
-    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f.read().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; pass a YAML config file") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{at}: {problem}; fix the syntax "
+                          f"(indentation, 'KEY: value' pairs)") from None
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} holds a {type(data).__name__}, not a mapping of "
+                          f"sections (TRAIN:, SOLVER:, ...); see configs/ for the layout")
+    try:
+        cfg.merge_from_other_cfg(CfgNode(data))
+    except (KeyError, ValueError, AssertionError, TypeError, AttributeError) as e:
         raise _explain(e, f"config file {path}") from None
 
 
@@ -54,8 +93,15 @@ def merge_opts(cfg: CfgNode, opts: Sequence[str]) -> None:
         raise _explain(e, "command-line overrides") from None
 
 
-def get_args_parser(description: str = "spin: parameter sharing for isotropic networks"):
-    p = argparse.ArgumentParser(description=description)
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are ConfigErrors (one ``spin: error:`` line, exit 2)."""
+
+    def error(self, message):
+        raise ConfigError(f"{message}; see {self.prog} --help")
+
+
+def get_args_parser(prog: str = "spin train", description: str = "") -> ArgumentParser:
+    p = ArgumentParser(prog=prog, description=description or None)
     p.add_argument("--cfg", dest="cfg_files", action="append", default=None,
                    help="YAML config file (may repeat; merged in order)")
     p.add_argument("--init_method", default="tcp://localhost:9999",

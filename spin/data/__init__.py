@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from ..config import CHOICES
 from .cifar import cifar
 from .digits import prepare_digits
 from .folder import DataError, ImageFolder, check_splits, collate_skipping
 from .transforms import build_eval_transform, build_train_transform
 
-DATASETS = ("imagenet", "folder", "digits", "cifar10", "cifar100")
+DATASETS = CHOICES["TRAIN.DATASET"]
 
 __all__ = ["DATASETS", "DataError", "ImageFolder", "build_dataset", "build_loader",
            "prepare_digits", "collate_skipping", "build_eval_transform", "build_train_transform"]

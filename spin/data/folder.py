@@ -1,22 +1,31 @@
 """The image-folder data set (ImageNet layout): ROOT/{train,val}/<class>/<image>.
 
 Classes are the sorted sub-folder names of ``train``, numbered 0..N-1; ``val`` must have the same
-class folders. An image that cannot be decoded is skipped with a warning: the sample comes back as
-None, and :func:`collate_skipping` drops it and counts it in the batch.
+class folders, and every class folder must hold an image. Class folders may be symlinks (shared
+storage); inside them symlinked folders are followed only into places no other class owns and
+not seen before, so a link loop ends and a link into another class does not relabel its images:
+each image file is counted once, under the class folder it really lives in.
+
+An image that cannot be decoded, or is a decompression bomb (more than PIL's MAX_IMAGE_PIXELS), is
+skipped with a warning: the sample comes back as None, and :func:`collate_skipping` drops it and
+counts it in the batch. 16-bit greyscale images are scaled to 8 bits (not clipped).
 """
 from __future__ import annotations
 
 import os
 import warnings
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import SpinError
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class DataError(ValueError):
+class DataError(SpinError, ValueError):
     """A data set that cannot be used as given; the message says where and how to fix it."""
 
 
@@ -50,20 +59,54 @@ def check_splits(root: str, splits=("train", "val")) -> list[str]:
     return first
 
 
+def _walk_class(class_dir: str, owned_elsewhere: set, seen: set) -> list[str]:
+    """Image files under one class folder, in sorted order, following symlinked folders only
+    where they lead to a real folder not yet visited and not owned by another class."""
+    out = []
+    for dirpath, dirnames, files in os.walk(class_dir, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen or any(real == o or real.startswith(o + os.sep) for o in owned_elsewhere):
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(files):
+            path = os.path.join(dirpath, f)
+            real = os.path.realpath(path)
+            if f.lower().endswith(IMG_EXTENSIONS) and real not in seen and os.path.isfile(real):
+                seen.add(real)
+                out.append(path)
+    return out
+
+
+def load_rgb(path: str) -> Image.Image:
+    """An RGB image; 16-bit greyscale is scaled to 8 bits; a decompression bomb raises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit int) greyscale
+                a = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+                return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)).convert("RGB")
+            return im.convert("RGB")
+
+
 class ImageFolder(Dataset):
     def __init__(self, root: str, split: str, transform=None, classes=None):
         split_dir = os.path.join(root, split)
         self.classes = classes or list_classes(split_dir)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples = []
+        real = {c: os.path.realpath(os.path.join(split_dir, c)) for c in self.classes}
+        self.samples, seen = [], set(real.values())
         for c in self.classes:
-            cdir = os.path.join(split_dir, c)
-            for dirpath, _, files in sorted(os.walk(cdir, followlinks=True)):
-                for f in sorted(files):
-                    if f.lower().endswith(IMG_EXTENSIONS):
-                        self.samples.append((os.path.join(dirpath, f), self.class_to_idx[c]))
-        if not self.samples:
-            raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {split_dir!r}")
+            files = _walk_class(os.path.join(split_dir, c), set(real.values()) - {real[c]}, seen)
+            if not files:
+                raise DataError(f"class folder {os.path.join(split_dir, c)!r} holds no images "
+                                f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder "
+                                f"(from every split)")
+            self.samples += [(f, self.class_to_idx[c]) for f in files]
         self.targets = [t for _, t in self.samples]
         self.transform = transform
 
@@ -73,9 +116,8 @@ class ImageFolder(Dataset):
     def __getitem__(self, index):
         path, target = self.samples[index]
         try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except Exception as e:  # truncated, not an image, unreadable
+            img = load_rgb(path)
+        except Exception as e:  # truncated, not an image, unreadable, a decompression bomb
             warnings.warn(f"skipping unreadable image {path}: {type(e).__name__}: {e}")
             return None
         return (self.transform(img) if self.transform else img), target

@@ -6,6 +6,8 @@ from __future__ import annotations
 from timm.data import create_transform
 from torchvision import transforms as T
 
+from .folder import DataError
+
 _INTERP = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
            "nearest": T.InterpolationMode.NEAREST}
 
@@ -14,7 +16,7 @@ def _interp(name: str):
     try:
         return _INTERP[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown AUG.INTERPOLATION {name!r}; allowed: {', '.join(_INTERP)}") from None
+        raise DataError(f"unknown AUG.INTERPOLATION {name!r}; allowed: {', '.join(_INTERP)}") from None
 
 
 def build_train_transform(cfg):
@@ -22,12 +24,19 @@ def build_train_transform(cfg):
     scale, ratio = tuple(d.TRAIN_JITTER_SCALES_RELATIVE), tuple(d.TRAIN_JITTER_ASPECT_RELATIVE)
     hflip = 0.5 if d.RANDOM_FLIP else 0.0
     if a.ENABLE:
-        return create_transform(
-            input_size=d.TRAIN_CROP_SIZE, is_training=True, scale=scale, ratio=ratio, hflip=hflip,
-            color_jitter=a.COLOR_JITTER, auto_augment=a.AA_TYPE or None,
-            interpolation=a.INTERPOLATION, mean=tuple(d.MEAN), std=tuple(d.STD),
-            re_prob=a.RE_PROB, re_mode=a.RE_MODE, re_count=a.RE_COUNT,
-            re_num_splits=2 if a.RE_SPLIT else 0)
+        _interp(a.INTERPOLATION)
+        try:  # timm asserts on strings it cannot parse; say which key and what it accepts
+            return create_transform(
+                input_size=d.TRAIN_CROP_SIZE, is_training=True, scale=scale, ratio=ratio, hflip=hflip,
+                color_jitter=a.COLOR_JITTER, auto_augment=a.AA_TYPE or None,
+                interpolation=a.INTERPOLATION.lower(), mean=tuple(d.MEAN), std=tuple(d.STD),
+                re_prob=a.RE_PROB, re_mode=a.RE_MODE.lower(), re_count=a.RE_COUNT,
+                re_num_splits=2 if a.RE_SPLIT else 0)
+        except (AssertionError, ValueError, KeyError, IndexError) as e:
+            raise DataError(
+                f"timm cannot build the augmentation AUG.AA_TYPE {a.AA_TYPE!r} ({e or type(e).__name__}); "
+                f"give a timm string such as rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0 or original, "
+                f"or '' for none") from None
     return T.Compose([
         T.RandomResizedCrop(d.TRAIN_CROP_SIZE, scale=scale, ratio=ratio,
                             interpolation=_interp(a.INTERPOLATION)),

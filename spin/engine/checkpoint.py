@@ -1,28 +1,38 @@
-"""The checkpoint format (SlowFast ``.pyth``), written atomically and read with weights_only=True.
+"""The checkpoint format (SlowFast ``.pyth``), written atomically and read with weights_only=True,
+and the rules for starting a training run from one (:func:`load_train_checkpoint`).
 
 A checkpoint is a dict: ``epoch`` (0-based, the epoch just finished), ``model_state`` (unwrapped
-from DDP), ``optimizer_state``, ``cfg`` (the YAML string of the run's config) and, with AMP,
-``scaler_state``. Files are OUTPUT_DIR/checkpoints/checkpoint_epoch_{epoch+1:05d}.pyth.
+from DDP), ``optimizer_state``, ``cfg`` (the YAML string of the run's config), ``classes``, with
+AMP ``scaler_state`` and with MODEL_EMA ``model_ema_state``. Files are
+OUTPUT_DIR/checkpoints/checkpoint_epoch_{epoch+1:05d}.pyth. Every checkpoint holds finite values
+only: a run whose weights or BatchNorm statistics went non-finite stops before saving them.
+
+Readable as weights (TRAIN/TEST.CHECKPOINT_FILE_PATH): a spin ``.pyth``, a spin or timm
+``.safetensors`` (a spin export's config is in its metadata), a timm ``.pth`` state dict, or an
+official DeiT / ConvNeXt ``.pth`` (its ``"model"`` entry).
 """
 from __future__ import annotations
 
 import glob
 import os
 import re
-import tempfile
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
 import yaml
 
+from ..errors import SpinError
+from .engine import NonFiniteLossError
+from .runfolder import atomic_write
+
 _NAME = re.compile(r"^checkpoint_epoch_(\d{5})\.pyth$")
 # Keys a model may lack in a checkpoint and keep at their init: WFWS fusion coefficients
 # (a vanilla or timm checkpoint has none; they start at 1).
-OPTIONAL_KEYS = ("reduction_w.", "dwise_reduction_w.")
+OPTIONAL_KEYS = ("reduction_w.", "dwise_reduction_w.", "shared.coeffs.")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SpinError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says how to fix it."""
 
 
@@ -54,25 +64,25 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename: a reader (or a run
-    killed mid-write) never sees a half-written file under the final name."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pyth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def non_finite(model: nn.Module) -> list[str]:
+    """Names of parameters and buffers (BatchNorm statistics) holding NaN or inf."""
+    bad = [n for n, t in unwrap(model).state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return bad
 
 
 def save_checkpoint(path: str, model: nn.Module, epoch: int, cfg=None, optimizer=None,
-                    scaler=None, extra: Optional[dict] = None) -> str:
+                    scaler=None, extra: Optional[dict] = None, ema: Optional[nn.Module] = None) -> str:
+    for m, what in ((model, "the model"), (ema, "the EMA model")):
+        bad = non_finite(m) if m is not None else []
+        if bad:
+            raise NonFiniteLossError(
+                f"{what} holds non-finite values after epoch {epoch + 1} ({', '.join(bad[:4])}"
+                f"{' ...' if len(bad) > 4 else ''}); nothing was saved. Lower SOLVER.BASE_LR, set "
+                f"SOLVER.CLIP_GRAD_L2NORM, or check the data; the last checkpoint on disk is untouched")
     state = {"epoch": int(epoch), "model_state": unwrap(model).state_dict()}
     if optimizer is not None:
         state["optimizer_state"] = optimizer.state_dict()
@@ -80,30 +90,58 @@ def save_checkpoint(path: str, model: nn.Module, epoch: int, cfg=None, optimizer
         state["cfg"] = cfg if isinstance(cfg, str) else cfg.dump()
     if scaler is not None and scaler.is_enabled():
         state["scaler_state"] = scaler.state_dict()
+    if ema is not None:
+        state["model_ema_state"] = ema.state_dict()
     state.update(extra or {})
     atomic_save(state, path)
     return path
 
 
+def _load_safetensors(path: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        return {"model_state": load_file(path), **({"cfg": meta["cfg"]} if meta.get("cfg") else {})}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path!r} as safetensors ({e}); it is corrupt or "
+                              f"truncated") from None
+
+
 def load_checkpoint(path: str) -> dict:
-    """Read a ``.pyth`` (or a bare state dict) safely on the CPU."""
+    """Read a checkpoint safely on the CPU as ``{"model_state": ..., ...}`` (see module doc)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file {path!r} does not exist; check "
                               f"TRAIN.CHECKPOINT_FILE_PATH / TEST.CHECKPOINT_FILE_PATH")
+    if path.endswith(".safetensors"):
+        return _load_safetensors(path)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, non-tensor objects
+        msg = str(e)
+        if "Unsupported global" in msg:
+            what = re.search(r"GLOBAL ([\w.]+)", msg)
+            raise CheckpointError(
+                f"checkpoint {path!r} holds pickled Python objects"
+                f"{' (' + what.group(1) + ')' if what else ''}, which spin does not load: unpickling "
+                f"can run arbitrary code. Re-save only its tensors (the state dict) in an environment "
+                f"where you trust the file, or export it as .safetensors") from None
         raise CheckpointError(
-            f"cannot read checkpoint {path!r} with weights_only=True ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); it is corrupt, truncated or holds "
-            f"arbitrary Python objects") from None
+            f"cannot read checkpoint {path!r} ({type(e).__name__}: {msg.splitlines()[0] if msg else ''}); "
+            f"it is corrupt, truncated or not a PyTorch file") from None
     if not isinstance(ck, dict):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(ck).__name__}, not a dict")
-    if "model_state" not in ck and all(isinstance(v, torch.Tensor) for v in ck.values()):
-        ck = {"model_state": ck}  # a bare state dict
-    if "model_state" not in ck:
-        raise CheckpointError(f"checkpoint {path!r} has no 'model_state' (keys: {sorted(ck)})")
-    return ck
+    if "model_state" in ck:
+        return ck
+    for key in ("model", "state_dict"):  # official DeiT / ConvNeXt files; Lightning-style files
+        if isinstance(ck.get(key), dict) and all(torch.is_tensor(v) for v in ck[key].values()):
+            return {"model_state": ck[key]}
+    if ck and all(torch.is_tensor(v) for v in ck.values()):
+        return {"model_state": ck}  # a bare state dict (timm)
+    raise CheckpointError(f"checkpoint {path!r} has no model weights ('model_state', 'model' or a "
+                          f"state dict; keys: {sorted(ck)[:8]})")
 
 
 def stored_cfg(ck: dict) -> Optional[dict]:
@@ -111,7 +149,12 @@ def stored_cfg(ck: dict) -> Optional[dict]:
     text = ck.get("cfg")
     if not text:
         return None
-    return yaml.safe_load(text) if isinstance(text, str) else dict(text)
+    try:
+        data = yaml.safe_load(text) if isinstance(text, str) else dict(text)
+    except (yaml.YAMLError, TypeError, ValueError):
+        raise CheckpointError("the config stored in the checkpoint is not valid YAML; pass the config "
+                              "it was trained with (--cfg FILE)") from None
+    return data if isinstance(data, dict) else None
 
 
 def _summarise(keys: Iterable[str], n: int = 8) -> str:
@@ -138,10 +181,63 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
         if shapes:
             parts.append(f"  shape mismatches ({len(shapes)}): {_summarise(shapes, 4)}")
         parts.append("  fix: build the model with the config the checkpoint was trained with "
-                     "(CONVMIXER.* and CONVMIXER.WEIGHT_SHARE.*, MODEL.NUM_CLASSES); a fused WFWS "
-                     "export reloads with the WS config (REDUCTION_FN None)")
+                     "(MODEL.MODEL_NAME, its architecture section, the WEIGHT_SHARE plan keys, "
+                     "MODEL.NUM_CLASSES); a fused WFWS export reloads with the WS config "
+                     "(REDUCTION_FN None); a vanilla checkpoint starts a WFWS model, not a WS one")
         raise CheckpointError("\n".join(parts))
     model.load_state_dict(state_dict, strict=False)
+
+
+def _load_optimizer(optimizer, ck: dict, path: str) -> None:
+    try:
+        optimizer.load_state_dict(ck["optimizer_state"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"the optimizer state in {path} does not fit this model's parameters ({e}); set "
+            f"TRAIN.CHECKPOINT_EPOCH_RESET True to start a new schedule from its weights") from None
+
+
+def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, ema=None,
+                          say: Optional[Callable[[str], None]] = None) -> int:
+    """SlowFast's rules; returns the 0-based epoch to start at.
+
+    1. TRAIN.AUTO_RESUME and a checkpoint in OUTPUT_DIR/checkpoints: continue after the newest one
+       (model, optimizer, scaler, EMA).
+    2. Else TRAIN.CHECKPOINT_FILE_PATH: its weights (a vanilla file starts a WFWS model: the fusion
+       coefficients keep their init). With TRAIN.CHECKPOINT_EPOCH_RESET, or a file without an
+       epoch (a timm / official file), start at epoch 0; else continue its schedule.
+    3. Else epoch 0.
+    An EMA model without state in the checkpoint starts as a copy of the loaded weights.
+    """
+    say = say or (lambda msg: None)
+    latest = latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
+    path = latest or cfg.TRAIN.CHECKPOINT_FILE_PATH
+    if not path:
+        return 0
+    ck = load_checkpoint(path)
+    bad = [k for k, t in ck["model_state"].items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights ({_summarise(bad, 4)}); start from an "
+                              f"earlier checkpoint")
+    load_model_weights(model, ck["model_state"], source=path,
+                       allow_missing=() if latest else OPTIONAL_KEYS)
+    resume = latest is not None or not (cfg.TRAIN.CHECKPOINT_EPOCH_RESET or "epoch" not in ck)
+    if ema is not None:
+        if resume and "model_ema_state" in ck:
+            ema.load_state_dict(ck["model_ema_state"])
+        else:
+            ema.load_state_dict(unwrap(model).state_dict())
+    if not resume:
+        say(f"initialised weights from {path}; starting at epoch 1")
+        return 0
+    if "optimizer_state" in ck and optimizer is not None:
+        _load_optimizer(optimizer, ck, path)
+    if "scaler_state" in ck and scaler is not None and scaler.is_enabled():
+        scaler.load_state_dict(ck["scaler_state"])
+    say(f"resumed from {path} (epoch {ck['epoch'] + 1} done)" if latest else
+        f"continuing {path} after its epoch {ck['epoch'] + 1}")
+    return int(ck["epoch"]) + 1
 
 
 def cfg_from_checkpoint(path: str, opts=(), ck: Optional[dict] = None):

@@ -1,5 +1,10 @@
 """The training and test jobs: config in, model trained / evaluated, files written under
-OUTPUT_DIR (stdout.log, config.yaml, checkpoints/, checkpoints/metrics.csv, tensorboard/)."""
+OUTPUT_DIR (stdout.log, config.yaml, checkpoints/, checkpoints/metrics.csv, tensorboard/).
+
+Everything a run needs is resolved before its first write: the config check, the data folders,
+the model and its plan, the optimizer, the augmentation, the checkpoint to start from. Only then
+does the run take OUTPUT_DIR's lock and write.
+"""
 from __future__ import annotations
 
 import os
@@ -10,36 +15,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import ConfigError
+from ..config import check_cfg
 from ..data import DataError, build_dataset, build_loader
 from ..models import build_model
+from ..share import sharing_of, unique_parameters
 from . import checkpoint as cu
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .engine import evaluate, train_one_epoch
-from .logging import MetricsCSV, TensorBoard, format_eta, log_json_stats, memory_gb, setup_logging
+from .logging import MetricsCSV, TensorBoard, format_eta, log_epoch, log_json_stats, memory_gb, setup_logging
 from .optim import construct_optimizer, get_lr_at_epoch
-
-LOSSES = ("cross_entropy", "soft_cross_entropy")
-
-
-def check_cfg(cfg, procs_per_machine: int) -> None:
-    """Config errors that yacs' type checks cannot see, raised before anything is written."""
-    for sec in ("TRAIN", "TEST"):
-        bs = cfg[sec].BATCH_SIZE
-        if bs < 1:
-            raise ConfigError(f"{sec}.BATCH_SIZE must be >= 1, got {bs}")
-        if cfg.NUM_GPUS > 0 and bs % cfg.NUM_GPUS:
-            raise ConfigError(
-                f"{sec}.BATCH_SIZE {bs} is not divisible by NUM_GPUS {cfg.NUM_GPUS}; the batch size "
-                f"is per machine and split over its GPUs, so pick a multiple of {cfg.NUM_GPUS}")
-        if bs % procs_per_machine:
-            raise ConfigError(
-                f"{sec}.BATCH_SIZE {bs} is not divisible by the {procs_per_machine} processes on "
-                f"this machine; pick a multiple of {procs_per_machine}")
-    if cfg.MODEL.LOSS_FUNC not in LOSSES:
-        raise ConfigError(f"unknown MODEL.LOSS_FUNC {cfg.MODEL.LOSS_FUNC!r}; allowed: {', '.join(LOSSES)}")
-    if cfg.SOLVER.MAX_EPOCH < 1:
-        raise ConfigError(f"SOLVER.MAX_EPOCH must be >= 1, got {cfg.SOLVER.MAX_EPOCH}")
+from .runfolder import RunLock, record_config, remove_temp_files
 
 
 def seed_everything(seed: int) -> None:
@@ -49,21 +34,34 @@ def seed_everything(seed: int) -> None:
 
 
 def amp_settings(cfg, device: torch.device):
-    """(autocast dtype or None, GradScaler). fp16 + GradScaler on CUDA; bf16 on the CPU."""
+    """(autocast dtype or None, GradScaler). fp16 + GradScaler on CUDA; bf16 on the CPU. The
+    scaler is a no-op when disabled, so the step has one path."""
     if not cfg.TRAIN.MIXED_PRECISION:
         return None, torch.amp.GradScaler(device.type, enabled=False)
-    want = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(cfg.TRAIN.AMP_DTYPE)
-    if want is None:
-        raise ConfigError(f"unknown TRAIN.AMP_DTYPE {cfg.TRAIN.AMP_DTYPE!r}; allowed: float16, bfloat16")
+    want = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.TRAIN.AMP_DTYPE.lower()]
     dtype = want if device.type == "cuda" else torch.bfloat16
     return dtype, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
-def build_loss(cfg, mixup: bool):
-    if mixup:
-        from timm.loss import SoftTargetCrossEntropy
+class SoftTargetLoss(nn.Module):
+    """MODEL.LOSS_FUNC soft_cross_entropy: cross-entropy against soft targets — mixup's, or, for
+    hard labels (no mixup, or evaluation), one-hot targets smoothed by MIXUP.LABEL_SMOOTH_VALUE."""
 
-        return SoftTargetCrossEntropy()
+    def __init__(self, smoothing: float):
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dtype == torch.long:
+            n = logits.shape[-1]
+            soft = torch.full_like(logits, self.smoothing / n, dtype=torch.float32)
+            target = soft.scatter_(1, target[:, None], 1.0 - self.smoothing + self.smoothing / n)
+        return torch.sum(-target * torch.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def build_loss(cfg) -> nn.Module:
+    if cfg.MODEL.LOSS_FUNC == "soft_cross_entropy":
+        return SoftTargetLoss(cfg.MIXUP.LABEL_SMOOTH_VALUE)
     return nn.CrossEntropyLoss()
 
 
@@ -99,46 +97,12 @@ def _prepare(model: nn.Module, cfg, info: DistInfo):
 def _wrap(model: nn.Module, cfg, info: DistInfo) -> nn.Module:
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # choose_first fusion reads only the first member of each group: the others get no grad
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=sharing_of(model)[1] == "choose_first")
     if cfg.TRAIN.COMPILE:
         model = torch.compile(model)
     return model
-
-
-def _load_optimizer(optimizer, ck: dict, path: str) -> None:
-    try:
-        optimizer.load_state_dict(ck["optimizer_state"])
-    except (ValueError, KeyError) as e:
-        raise cu.CheckpointError(
-            f"the optimizer state in {path} does not fit this model's parameters ({e}); set "
-            f"TRAIN.CHECKPOINT_EPOCH_RESET True to start a new schedule from its weights") from None
-
-
-def _resume(cfg, model, optimizer, scaler, log) -> int:
-    """Load the newest checkpoint (AUTO_RESUME) or TRAIN.CHECKPOINT_FILE_PATH; returns the epoch
-    to start at."""
-    latest = cu.latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
-    if latest:
-        ck = cu.load_checkpoint(latest)
-        cu.load_model_weights(model, ck["model_state"], source=latest, allow_missing=())
-        if "optimizer_state" in ck:
-            _load_optimizer(optimizer, ck, latest)
-        if "scaler_state" in ck and scaler.is_enabled():
-            scaler.load_state_dict(ck["scaler_state"])
-        log.info(f"resumed from {latest} (epoch {ck['epoch'] + 1} done)")
-        return int(ck["epoch"]) + 1
-    path = cfg.TRAIN.CHECKPOINT_FILE_PATH
-    if not path:
-        return 0
-    ck = cu.load_checkpoint(path)
-    cu.load_model_weights(model, ck["model_state"], source=path)
-    if cfg.TRAIN.CHECKPOINT_EPOCH_RESET or "epoch" not in ck:
-        log.info(f"initialised weights from {path}; starting at epoch 1")
-        return 0
-    if "optimizer_state" in ck:
-        _load_optimizer(optimizer, ck, path)
-    log.info(f"continuing {path} after its epoch {ck['epoch'] + 1}")
-    return int(ck["epoch"]) + 1
 
 
 def _val_loader(cfg, val_set, info: DistInfo):
@@ -151,97 +115,120 @@ def _reduce(info: DistInfo):
     return (lambda v: all_reduce_sum(v, info.device)) if info.distributed else None
 
 
-def _log_val(val: dict, epoch: int, max_epoch: int, **extra) -> None:
-    log_json_stats({"_type": "val_epoch", "epoch": f"{epoch}/{max_epoch}", "top1_err": val["top1_err"],
-                    "top5_err": val["top5_err"], "loss": val["loss"], "samples": val["samples"],
-                    **extra})
-
-
 def train(cfg, info: Optional[DistInfo] = None) -> dict:
     info = info or DistInfo()
-    check_cfg(cfg, info.local_world_size)
-    log = setup_logging(cfg.OUTPUT_DIR, info.is_master)
+    check_cfg(cfg, "train", info.local_world_size)
     seed_everything(cfg.RNG_SEED)
     train_set, val_set, classes = _datasets(cfg, train=True)
     model = _prepare(build_model(cfg), cfg, info)
+    plan, fusion = sharing_of(model)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = construct_optimizer(model, cfg)
     amp_dtype, scaler = amp_settings(cfg, info.device)
-    start_epoch = _resume(cfg, model, optimizer, scaler, log)
-    if model.fusion and start_epoch == 0 and not cfg.TRAIN.CHECKPOINT_FILE_PATH:
-        log.warning("WFWS model without TRAIN.CHECKPOINT_FILE_PATH: its D sets start random; the "
-                    "SPIN recipe starts them from a pretrained vanilla ConvMixer checkpoint")
-    if info.is_master:
-        os.makedirs(cu.checkpoint_dir(cfg.OUTPUT_DIR), exist_ok=True)
-        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-            f.write(cfg.dump())
-        log.info(f"model {cfg.MODEL.MODEL_NAME}: {n_params:,} parameters, plan sets "
-                 f"{list(model.plan.layer_to_set)}, fusion {model.fusion}; device {info.device}, "
-                 f"{info.world_size} process(es); train {len(train_set)} / val {len(val_set)} images, "
-                 f"{len(classes)} classes")
-    core = model
-    model = _wrap(model, cfg, info)
+    ema = None
+    if cfg.MODEL_EMA.ENABLE:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.MODEL_EMA.DECAY)
+    messages: list[str] = []
+    start_epoch = cu.load_train_checkpoint(cfg, model, optimizer, scaler, ema and ema.module,
+                                           say=messages.append)
     per_proc = cfg.TRAIN.BATCH_SIZE // info.local_world_size
     train_loader = build_loader(cfg, train_set, True, per_proc, info.rank, info.world_size)
-    val_loader = _val_loader(cfg, val_set, info)
     if len(train_loader) == 0:
         raise DataError(f"{len(train_set)} training images give no full batch of {per_proc} per "
                         f"process; lower TRAIN.BATCH_SIZE")
+    val_loader = _val_loader(cfg, val_set, info)
     mixup = build_mixup(cfg, cfg.MODEL.NUM_CLASSES)
-    loss_fn = build_loss(cfg, mixup is not None)
-    tb = None
-    if cfg.TENSORBOARD.ENABLE and info.is_master:
-        tb = TensorBoard(cfg.TENSORBOARD.LOG_DIR or os.path.join(cfg.OUTPUT_DIR, "tensorboard"))
-    csv = MetricsCSV(os.path.join(cu.checkpoint_dir(cfg.OUTPUT_DIR), "metrics.csv"))
-    max_epoch = cfg.SOLVER.MAX_EPOCH
-    reduce = _reduce(info)
-    val, best, last_ck = {}, None, cu.latest_checkpoint(cfg.OUTPUT_DIR)
-    for epoch in range(start_epoch, max_epoch):
-        # Each epoch is a function of (state at its start, seed, epoch): a resumed run repeats it.
-        seed = cfg.RNG_SEED * 100_003 + epoch * 1_009 + info.rank
-        seed_everything(seed)
-        train_loader.sampler.set_epoch(epoch)
-        train_loader.generator.manual_seed(seed)
-        stats = train_one_epoch(
-            model, train_loader, optimizer, loss_fn, info.device, epoch, max_epoch,
-            lr_at=lambda e: get_lr_at_epoch(cfg, e), scaler=scaler, amp_dtype=amp_dtype,
-            clip_grad=cfg.SOLVER.CLIP_GRAD_L2NORM, mixup_fn=mixup,
-            max_iters=cfg.TRAIN.MAX_ITERS_PER_EPOCH, log_period=cfg.LOG_PERIOD,
-            channels_last=cfg.TRAIN.CHANNELS_LAST, tensorboard=tb, progress=info.is_master)
-        eta = stats["time"] * (max_epoch - epoch - 1)
-        log_json_stats({"_type": "train_epoch", "epoch": f"{epoch + 1}/{max_epoch}",
-                        "loss": stats["loss"], "lr": stats["lr"], "dt": stats["dt"],
-                        "dt_data": stats["dt_data"], "time": stats["time"],
-                        "eta": format_eta(eta), "mem": memory_gb(info.device),
-                        "skipped_images": int(stats["skipped_images"]),
-                        **({"top1_err": stats["top1_err"]} if "top1_err" in stats else {})})
-        last = epoch + 1 == max_epoch
-        if (epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last:
-            if info.is_master:
-                last_ck = cu.save_checkpoint(cu.checkpoint_path(cfg.OUTPUT_DIR, epoch), core, epoch,
-                                             cfg, optimizer, scaler, extra={"classes": classes})
-            barrier()
-        row = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": stats["lr"],
-               "train_time": stats["time"], "skipped_images": int(stats["skipped_images"])}
-        if (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last:
-            val = evaluate(model, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
-            best = val["top1_err"] if best is None else min(best, val["top1_err"])
-            _log_val(val, epoch + 1, max_epoch, min_top1_err=best, mem=memory_gb(info.device))
-            row.update(val_loss=val["loss"], val_top1_err=val["top1_err"],
-                       val_top5_err=val["top5_err"])
-            if tb is not None:
-                tb.scalars({"Val/Top1_err": val["top1_err"], "Val/Top5_err": val["top5_err"],
-                            "Val/loss": val["loss"]}, epoch + 1)
+    loss_fn = build_loss(cfg)
+
+    lock = RunLock(cfg.OUTPUT_DIR) if info.is_master else None
+    stale = lock.acquire() if lock else None
+    try:
+        ckdir = cu.checkpoint_dir(cfg.OUTPUT_DIR)
+        csv = MetricsCSV(os.path.join(ckdir, "metrics.csv"))
+        tb = None
+        if info.is_master:  # the first writes of this run
+            left = remove_temp_files(cfg.OUTPUT_DIR, ckdir)
+            diff = record_config(cfg.OUTPUT_DIR, cfg.dump())
+            os.makedirs(ckdir, exist_ok=True)
+            csv.keep_until(start_epoch)
+            if cfg.TENSORBOARD.ENABLE:
+                tb = TensorBoard(cfg.TENSORBOARD.LOG_DIR or os.path.join(cfg.OUTPUT_DIR, "tensorboard"),
+                                 purge_step=start_epoch + 1)
+        log = setup_logging(cfg.OUTPUT_DIR, info.is_master, cfg.LOG_JSON_TO_CONSOLE)
         if info.is_master:
-            csv.write(row)
-    if start_epoch >= max_epoch:  # already trained (e.g. run.sh again): report, do not retrain
-        log.info(f"{cu.latest_checkpoint(cfg.OUTPUT_DIR)} already finished SOLVER.MAX_EPOCH "
-                 f"{max_epoch}; evaluating it (raise MAX_EPOCH or change OUTPUT_DIR to train more)")
-        val = evaluate(model, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
-        _log_val(val, max_epoch, max_epoch)
-    if tb is not None:
-        tb.close()
-    return {"val": val, "parameters": n_params, "unique_parameters": core.unique_parameters(),
+            if stale:
+                log.info(f"took over the lock of a run that is gone (pid {stale.get('pid')})")
+            if left:
+                log.info(f"removed {len(left)} temp file(s) a killed run left: {', '.join(left)}")
+            if diff:
+                log.info("the config differs from this folder's previous run (kept in config_history/):\n"
+                         + diff.rstrip())
+        for m in messages:
+            log.info(m)
+        if fusion and start_epoch == 0 and not cfg.TRAIN.CHECKPOINT_FILE_PATH:
+            log.warning("WFWS model without TRAIN.CHECKPOINT_FILE_PATH: its D sets start random; the "
+                        "SPIN recipe starts them from a pretrained vanilla checkpoint")
+        log.info(f"model {cfg.MODEL.MODEL_NAME}: {n_params:,} parameters ({unique_parameters(model):,} "
+                 f"unique), plan sets {list(plan.layer_to_set) if plan else 'none'}, fusion {fusion}; "
+                 f"device {info.device}, {info.world_size} process(es); train {len(train_set)} / val "
+                 f"{len(val_set)} images, {len(classes)} classes")
+        core = model
+        model = _wrap(model, cfg, info)
+        max_epoch = cfg.SOLVER.MAX_EPOCH
+        reduce = _reduce(info)
+        best = min((float(r["val_top1_err"]) for r in csv.rows() if r.get("val_top1_err")), default=None)
+        val, last_ck = {}, cu.latest_checkpoint(cfg.OUTPUT_DIR)
+        for epoch in range(start_epoch, max_epoch):
+            # Each epoch is a function of (state at its start, seed, epoch): a resumed run repeats it.
+            seed = cfg.RNG_SEED * 100_003 + epoch * 1_009 + info.rank
+            seed_everything(seed)
+            train_loader.sampler.set_epoch(epoch)
+            train_loader.generator.manual_seed(seed)
+            stats = train_one_epoch(
+                model, train_loader, optimizer, loss_fn, info.device, epoch, max_epoch,
+                lr_at=lambda e: get_lr_at_epoch(cfg, e), scaler=scaler, amp_dtype=amp_dtype,
+                clip_grad=cfg.SOLVER.CLIP_GRAD_L2NORM, mixup_fn=mixup,
+                max_iters=cfg.TRAIN.MAX_ITERS_PER_EPOCH, log_period=cfg.LOG_PERIOD,
+                channels_last=cfg.TRAIN.CHANNELS_LAST, progress=info.is_master,
+                after_step=(lambda: ema.update(core)) if ema is not None else None)
+            record = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": stats["lr"],
+                      "dt": stats["dt"], "dt_data": stats["dt_data"], "train_time": stats["time"],
+                      "train_img_s": stats["img_s"], "eta": format_eta(stats["time"] * (max_epoch - epoch - 1)),
+                      "mem": memory_gb(info.device), "skipped_images": stats["skipped_images"]}
+            if "top1_err" in stats:
+                record["train_top1_err"] = stats["top1_err"]
+            last = epoch + 1 == max_epoch
+            if (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last:
+                val = evaluate(model, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
+                best = val["top1_err"] if best is None else min(best, val["top1_err"])
+                record.update(val_loss=val["loss"], val_top1_err=val["top1_err"],
+                              val_top5_err=val["top5_err"], val_samples=val["samples"], min_top1_err=best)
+                if ema is not None:
+                    ev = evaluate(ema.module, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
+                    record.update(ema_val_top1_err=ev["top1_err"], ema_val_top5_err=ev["top5_err"])
+            if (epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last:
+                if info.is_master:
+                    last_ck = cu.save_checkpoint(cu.checkpoint_path(cfg.OUTPUT_DIR, epoch), core, epoch,
+                                                 cfg, optimizer, scaler, extra={"classes": classes},
+                                                 ema=ema and ema.module)
+                barrier()
+            if info.is_master:
+                log_epoch(record, max_epoch, csv, tb)
+        if start_epoch >= max_epoch:  # already trained (e.g. run.sh again): report, do not retrain
+            log.info(f"{last_ck} already finished SOLVER.MAX_EPOCH {max_epoch}; evaluating it "
+                     f"(raise MAX_EPOCH or change OUTPUT_DIR to train more)")
+            val = evaluate(model, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
+            log_json_stats({"_type": "val_epoch", "epoch": f"{max_epoch}/{max_epoch}",
+                            "top1_err": val["top1_err"], "top5_err": val["top5_err"],
+                            "loss": val["loss"], "samples": val["samples"]})
+        if tb is not None:
+            tb.close()
+    finally:
+        if lock:
+            lock.release()
+    return {"val": val, "parameters": n_params, "unique_parameters": unique_parameters(core),
             "checkpoint": last_ck and os.path.abspath(last_ck), "output_dir": os.path.abspath(cfg.OUTPUT_DIR),
             "tensorboard": tb.log_dir if tb is not None else None, "start_epoch": start_epoch}
 
@@ -250,8 +237,7 @@ def test(cfg, info: Optional[DistInfo] = None) -> dict:
     """Evaluate TEST.CHECKPOINT_FILE_PATH (else the newest checkpoint in OUTPUT_DIR, else
     TRAIN.CHECKPOINT_FILE_PATH) on TEST.DATASET's val split."""
     info = info or DistInfo()
-    check_cfg(cfg, info.local_world_size)
-    log = setup_logging(cfg.OUTPUT_DIR, info.is_master)
+    check_cfg(cfg, "test", info.local_world_size)
     path = (cfg.TEST.CHECKPOINT_FILE_PATH or cu.latest_checkpoint(cfg.OUTPUT_DIR)
             or cfg.TRAIN.CHECKPOINT_FILE_PATH)
     if not path:
@@ -261,6 +247,7 @@ def test(cfg, info: Optional[DistInfo] = None) -> dict:
     model = build_model(cfg)
     cu.load_model_weights(model, cu.load_checkpoint(path)["model_state"], source=path)
     model = _wrap(_prepare(model, cfg, info), cfg, info)
+    log = setup_logging(cfg.OUTPUT_DIR, info.is_master, cfg.LOG_JSON_TO_CONSOLE)
     res = evaluate(model, _val_loader(cfg, val_set, info), info.device, cfg.TRAIN.CHANNELS_LAST,
                    _reduce(info), info.is_master)
     log_json_stats({"_type": "test_final", "checkpoint": path, "top1_err": res["top1_err"],

@@ -15,16 +15,37 @@ plan's scope shares them; then they move to model level (``dwise_w.{j}``/``dwise
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath
 
 from ..fusion import coefficient_shape, fuse_sets, parse_fusion
-from ..sharing import SharingError, SharingPlan
+from ..share import register_family
+from ..sharing import SCOPES, SharingError, SharingPlan, build_plan, parse_scope
+from .registry import overlay_cfg, register_model, resolve_plan, split_plan_kwargs
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+PARTS = tuple(SCOPES["convmixer"])  # pointwise, depthwise, norm
+# SPIN's evaluation: resize 256, centre crop 224, bicubic, ImageNet mean/std.
+PRETRAINED_CFG = dict(num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.875,
+                      interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                      first_conv="patch_embed.conv", classifier="head.fc")
+
+
+def _own_scope(plan: SharingPlan) -> SharingPlan:
+    """The plan with its scope in this model's parts (empty -> upstream's pointwise, '*' -> all)."""
+    parts = plan.scope or ("pointwise",)
+    parts = PARTS if "*" in parts else parts
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise SharingError(f"sharing scope {'+'.join(bad)!r} is not a part of the ConvMixer block; "
+                           f"its parts are {', '.join(PARTS)} (joined with '+', or 'all')")
+    return dataclasses.replace(plan, scope=parse_scope(parts))
 
 
 def _act(name: str) -> nn.Module:
@@ -68,7 +89,7 @@ class MixerBlock(nn.Module):
     """One layer. Shared weights are passed in; the ones it owns are used otherwise."""
 
     def __init__(self, dim: int, kernel_size: int, act: str, own_dwise: bool, own_norm: bool,
-                 pointwise_residual: bool):
+                 pointwise_residual: bool, drop_path: float = 0.0):
         super().__init__()
         conv = nn.Conv2d(dim, dim, kernel_size, groups=dim, padding=(kernel_size - 1) // 2)
         # Index 0/2 keep upstream's keys dwise_blk.0 (conv) and dwise_blk.2 (BN).
@@ -78,6 +99,7 @@ class MixerBlock(nn.Module):
         self.act = _act(act)
         self.padding = (kernel_size - 1) // 2
         self.pointwise_residual = pointwise_residual
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x, pw_w, pw_b, dw_w=None, dw_b=None, norm_a=None, norm_b=None):
         conv, act, bn_a = self.dwise_blk
@@ -87,9 +109,9 @@ class MixerBlock(nn.Module):
             y = F.conv2d(x, dw_w, dw_b, padding=self.padding, groups=x.shape[1])
         # BatchNorm saves its input, not its output, for backward: the residual adds can write
         # into the fresh BN outputs in place.
-        x = (bn_a if norm_a is None else norm_a)(act(y)).add_(x)
+        x = self.drop_path((bn_a if norm_a is None else norm_a)(act(y))).add_(x)
         y = (self.bn2 if norm_b is None else norm_b)(self.act(F.conv2d(x, pw_w, pw_b)))
-        return y.add_(x) if self.pointwise_residual else y
+        return self.drop_path(y).add_(x) if self.pointwise_residual else y
 
 
 class ClassifierHead(nn.Module):
@@ -125,9 +147,10 @@ class SpinConvMixer(nn.Module):
         fusion: Optional[str] = None,
         pointwise_residual: bool = True,
         channels_last: bool = True,
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        plan = plan or SharingPlan.unshared(depth)
+        plan = _own_scope(plan or SharingPlan.unshared(depth))
         if plan.depth != depth:
             raise SharingError(f"sharing plan is for depth {plan.depth}, model depth is {depth}")
         fusion = parse_fusion(fusion)
@@ -139,7 +162,8 @@ class SpinConvMixer(nn.Module):
                          patch_stride=patch_stride or patch_kernel, patch_padding=patch_padding,
                          kernel_size=kernel_size, act=act, num_classes=num_classes,
                          in_chans=in_chans, drop_rate=drop_rate,
-                         pointwise_residual=pointwise_residual, channels_last=channels_last)
+                         pointwise_residual=pointwise_residual, channels_last=channels_last,
+                         drop_path_rate=drop_path_rate)
         self.dim, self.depth, self.num_classes, self.num_features = dim, depth, num_classes, dim
         self.plan, self.fusion = plan, fusion
         # NHWC activations: oneDNN's depthwise and 1x1 convolutions run 2-10x faster than on NCHW
@@ -169,9 +193,10 @@ class SpinConvMixer(nn.Module):
         if self.share_norm:
             self.norm_a = nn.ModuleList([nn.BatchNorm2d(dim) for _ in range(plan.num_sets)])
             self.norm_b = nn.ModuleList([nn.BatchNorm2d(dim) for _ in range(plan.num_sets)])
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear
         self.blocks = nn.ModuleList([
             MixerBlock(dim, kernel_size, act, not self.share_dwise, not self.share_norm,
-                       pointwise_residual) for _ in range(depth)])
+                       pointwise_residual, rates[i]) for i in range(depth)])
         self.head = ClassifierHead(dim, num_classes, drop_rate)
         # Which stored entry layer i reads: its set when the part is shared (after fusion for
         # WFWS), its own entry otherwise.
@@ -179,6 +204,8 @@ class SpinConvMixer(nn.Module):
         self.fused_pw = bool(fusion) and share_pw
         self._fusion_cache: dict = {}
         self._init_weights()
+        self.pretrained_cfg = self.default_cfg = dict(
+            PRETRAINED_CFG, num_classes=num_classes, input_size=(in_chans, 224, 224))
 
     def _init_weights(self):
         for m in self.modules():
@@ -271,9 +298,43 @@ class SpinConvMixer(nn.Module):
     # ----------------------------------------------------------------------------- export
     def unique_parameters(self) -> int:
         """Parameters of the model a fused export would have (= numel for non-WFWS models)."""
+        total = sum(p.numel() for p in self.parameters())
         if not self.fusion:
-            return sum(p.numel() for p in self.parameters())
-        return sum(p.numel() for p in self.fuse().parameters())
+            return total
+        drop = sum(p.numel() for name in ("reduction_w", "dwise_reduction_w")
+                   for p in getattr(self, name, []))
+        extra = self.depth - self.plan.num_sets
+        if self.fused_pw:
+            drop += extra * (self.pwise_w[0].numel() + self.pwise_b[0].numel())
+        if self.share_dwise:
+            drop += extra * (self.dwise_w[0].numel() + self.dwise_b[0].numel())
+        return total - drop
+
+    @torch.no_grad()
+    def spin_share(self, plan: SharingPlan, fusion: Optional[str] = None) -> "SpinConvMixer":
+        """``spin.share`` for this class: a new model with ``plan`` whose set g starts from its
+        first member layer (WS), or which keeps all D layers' weights to fuse (WFWS)."""
+        if self.plan.is_shared or self.fusion:
+            raise SharingError("spin.share needs a vanilla ConvMixer; this one is already shared")
+        new = SpinConvMixer(**dict(self.arch, num_classes=self.num_classes), plan=plan, fusion=fusion)
+        src, dst = self.state_dict(), {}
+        # Which source layer fills stored entry j of each model-level list: the set's first member
+        # where the list holds N sets, layer j where it holds all D (vanilla part, or WFWS).
+        per_set = {"pwise": new.plan.shares("pointwise") and not fusion, "dwise": not fusion, "norm": True}
+        source = {"pwise_w": "pwise_w.{l}", "pwise_b": "pwise_b.{l}", "dwise_w": "blocks.{l}.dwise_blk.0.weight",
+                  "dwise_b": "blocks.{l}.dwise_blk.0.bias", "norm_a": "blocks.{l}.dwise_blk.2.{t}",
+                  "norm_b": "blocks.{l}.bn2.{t}"}
+        for key, init in new.state_dict().items():
+            head, _, rest = key.partition(".")
+            if head in source:
+                j, _, tail = rest.partition(".")
+                layer = new.plan.groups[int(j)][0] if per_set[head[:5]] else int(j)
+                dst[key] = src[source[head].format(l=layer, t=tail)]
+            else:  # reduction_w keep their init (ones); everything else has the same key
+                dst[key] = init if head.endswith("reduction_w") else src[key]
+        new.load_state_dict(dst, strict=True)
+        new.train(self.training)
+        return new
 
     @torch.no_grad()
     def fuse(self) -> "SpinConvMixer":
@@ -296,3 +357,47 @@ class SpinConvMixer(nn.Module):
         ws.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
         ws.train(self.training)
         return ws
+
+
+# --------------------------------------------------------------------------------- builders
+def _create(defaults: dict, **kwargs) -> SpinConvMixer:
+    args = {**defaults, **kwargs}
+    overlay = args.pop("pretrained_cfg_overlay", None)
+    plan_kwargs = split_plan_kwargs(args)
+    plan = resolve_plan(args.get("depth", 32), plan_kwargs)
+    return overlay_cfg(SpinConvMixer(**args, plan=plan, fusion=plan_kwargs.get("fusion")), overlay)
+
+
+_SPIN_768 = dict(dim=768, depth=32, patch_kernel=14, kernel_size=3, act="relu")
+
+
+@register_model
+def convmixer_768_32_14_3(**kwargs) -> SpinConvMixer:
+    """SPIN's vanilla ConvMixer (76.32% top-1 published)."""
+    return _create(_SPIN_768, **kwargs)
+
+
+@register_model
+def ws_convmixer_768_32_14_3(**kwargs) -> SpinConvMixer:
+    """WS-ConvMixer, rate 2, uniform/sequential (74.27% published)."""
+    return _create(dict(_SPIN_768, share_rate=2), **kwargs)
+
+
+@register_model
+def wfws_convmixer_768_32_14_3(**kwargs) -> SpinConvMixer:
+    """WFWS-ConvMixer: all 32 pretrained sets, mean-fused to 16 on every forward (75.21%)."""
+    return _create(dict(_SPIN_768, share_rate=2, fusion="mean"), **kwargs)
+
+
+@register_model
+def convmixer_768_32(**kwargs) -> SpinConvMixer:
+    """The original ConvMixer-768/32 (timm layout: K7 P7, ReLU, no pointwise residual)."""
+    return _create(dict(dim=768, depth=32, patch_kernel=7, kernel_size=7, act="relu",
+                        pointwise_residual=False), **kwargs)
+
+
+@register_model
+def convmixer_1536_20(**kwargs) -> SpinConvMixer:
+    """The original ConvMixer-1536/20 (timm layout: K9 P7, GELU, no pointwise residual)."""
+    return _create(dict(dim=1536, depth=20, patch_kernel=7, kernel_size=9, act="gelu",
+                        pointwise_residual=False), **kwargs)

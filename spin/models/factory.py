@@ -1,54 +1,110 @@
-"""Config -> model. This is the one place a CfgNode becomes model keyword arguments."""
+"""Config -> model. This is the one place a CfgNode becomes model keyword arguments.
+
+``MODEL.MODEL_NAME`` picks the family, its section (CONVMIXER, VIT, CONVNEXT, MIXER) the
+architecture, and the plan keys come from CONVMIXER.WEIGHT_SHARE for ConvMixer (the published
+place) and from WEIGHT_SHARE for every other family.
+"""
 from __future__ import annotations
 
+from ..config import FAMILY_SECTIONS, MODEL_FAMILIES, ConfigError
 from ..fusion import parse_fusion
 from ..sharing import SharingError, SharingPlan, build_plan
 from .convmixer import SpinConvMixer
+from .convnext_iso import convnext_isotropic
+from .mixer import mlp_mixer
+from .registry import overlay_cfg
+from .vit import vision_transformer
 
-# MODEL.MODEL_NAME -> model family. WSConvMixer is upstream's single class for all variants.
-MODEL_FAMILIES = {"WSConvMixer": SpinConvMixer, "ConvMixer": SpinConvMixer,
-                  "SpinConvMixer": SpinConvMixer}
+def family(cfg) -> str:
+    name = cfg.MODEL.MODEL_NAME
+    if name not in MODEL_FAMILIES:
+        raise ConfigError(f"unknown MODEL.MODEL_NAME {name!r}; allowed: {', '.join(MODEL_FAMILIES)}")
+    return MODEL_FAMILIES[name]
+
+
+def plan_section(cfg):
+    """The config node holding the plan keys for this config's family."""
+    return cfg.CONVMIXER.WEIGHT_SHARE if family(cfg) == "convmixer" else cfg.WEIGHT_SHARE
+
+
+def plan_section_name(cfg) -> str:
+    return "CONVMIXER.WEIGHT_SHARE" if family(cfg) == "convmixer" else "WEIGHT_SHARE"
+
+
+def model_depth(cfg) -> int:
+    return cfg[FAMILY_SECTIONS[family(cfg)]].DEPTH
+
+
+def fusion_from_cfg(cfg):
+    ws = plan_section(cfg)
+    return parse_fusion(ws.REDUCTION_FN) if ws.ENABLE else None
 
 
 def plan_from_cfg(cfg) -> SharingPlan:
-    c, ws = cfg.CONVMIXER, cfg.CONVMIXER.WEIGHT_SHARE
+    ws, where, depth = plan_section(cfg), plan_section_name(cfg), model_depth(cfg)
     if not ws.ENABLE:
         if parse_fusion(ws.REDUCTION_FN):
             raise SharingError(
-                f"CONVMIXER.WEIGHT_SHARE.REDUCTION_FN is {ws.REDUCTION_FN!r} but WEIGHT_SHARE.ENABLE "
-                f"is False; set CONVMIXER.WEIGHT_SHARE.ENABLE True for a WFWS model")
-        return SharingPlan.unshared(c.DEPTH)
+                f"{where}.REDUCTION_FN is {ws.REDUCTION_FN!r} but {where}.ENABLE is False; set "
+                f"{where}.ENABLE True for a WFWS model")
+        return SharingPlan.unshared(depth)
     dist, mapping = str(ws.SHARING_DISTRIBUTION), str(ws.SHARING_MAPPING)
     if (dist.lower() == "custom") != bool(ws.GROUP_SIZES):
         raise SharingError(
-            f"SHARING_DISTRIBUTION is {dist!r} and GROUP_SIZES is {list(ws.GROUP_SIZES)}: an explicit "
-            f"distribution needs both SHARING_DISTRIBUTION custom and a non-empty GROUP_SIZES list")
+            f"{where}.SHARING_DISTRIBUTION is {dist!r} and GROUP_SIZES is {list(ws.GROUP_SIZES)}: an "
+            f"explicit distribution needs both SHARING_DISTRIBUTION custom and a non-empty GROUP_SIZES list")
     if (mapping.lower() == "custom") != bool(ws.LAYER_MAP):
         raise SharingError(
-            f"SHARING_MAPPING is {mapping!r} and LAYER_MAP is {list(ws.LAYER_MAP)}: an explicit "
+            f"{where}.SHARING_MAPPING is {mapping!r} and LAYER_MAP is {list(ws.LAYER_MAP)}: an explicit "
             f"mapping needs both SHARING_MAPPING custom and a non-empty LAYER_MAP list")
     return build_plan(
-        c.DEPTH, share_rate=ws.SHARE_RATE, num_sets=ws.NUM_SETS,
+        depth, share_rate=ws.SHARE_RATE, num_sets=ws.NUM_SETS,
         distribution=list(ws.GROUP_SIZES) if ws.GROUP_SIZES else dist,
         mapping=list(ws.LAYER_MAP) if ws.LAYER_MAP else mapping,
-        seed=ws.SEED, scope=ws.SCOPE)
+        seed=ws.SEED, scope=ws.SCOPE or None)
 
 
 def model_kwargs(cfg) -> dict:
-    c = cfg.CONVMIXER
-    return dict(
-        dim=c.CHANNEL, depth=c.DEPTH, patch_kernel=c.PATCH_KERNEL, patch_stride=c.PATCH_STRIDE,
-        patch_padding=c.PATCH_PADDING, kernel_size=c.KERNEL, act=c.ACT_FUNC,
-        num_classes=cfg.MODEL.NUM_CLASSES, in_chans=cfg.DATA.INPUT_CHANNEL_NUM[0],
-        drop_rate=cfg.MODEL.DROPOUT_RATE, plan=plan_from_cfg(cfg),
-        fusion=c.WEIGHT_SHARE.REDUCTION_FN if c.WEIGHT_SHARE.ENABLE else None,
-        pointwise_residual=c.POINTWISE_RESIDUAL,
-    )
+    """The keyword arguments of this config's family builder."""
+    fam, d = family(cfg), cfg.DATA
+    in_chans = d.INPUT_CHANNEL_NUM[0]
+    common = dict(num_classes=cfg.MODEL.NUM_CLASSES, in_chans=in_chans, drop_rate=cfg.MODEL.DROPOUT_RATE,
+                  plan=plan_from_cfg(cfg), fusion=fusion_from_cfg(cfg),
+                  pretrained_cfg_overlay=dict(
+                      input_size=(in_chans, d.TEST_CROP_SIZE, d.TEST_CROP_SIZE),
+                      crop_pct=d.VAL_CROP_RATIO, interpolation=cfg.AUG.INTERPOLATION,
+                      mean=tuple(d.MEAN), std=tuple(d.STD), num_classes=cfg.MODEL.NUM_CLASSES))
+    drop_path = cfg.MODEL.DROP_PATH_RATE
+    if fam == "convmixer":
+        c = cfg.CONVMIXER
+        return dict(common, dim=c.CHANNEL, depth=c.DEPTH, patch_kernel=c.PATCH_KERNEL,
+                    patch_stride=c.PATCH_STRIDE, patch_padding=c.PATCH_PADDING, kernel_size=c.KERNEL,
+                    act=c.ACT_FUNC, pointwise_residual=c.POINTWISE_RESIDUAL, drop_path_rate=drop_path)
+    if fam == "vit":
+        v = cfg.VIT
+        return dict(common, img_size=d.TRAIN_CROP_SIZE, patch_size=v.PATCH_SIZE, embed_dim=v.EMBED_DIM,
+                    depth=v.DEPTH, num_heads=v.NUM_HEADS, mlp_ratio=v.MLP_RATIO, qkv_bias=v.QKV_BIAS,
+                    init_values=v.LAYER_SCALE_INIT_VALUE or None, class_token=v.CLASS_TOKEN,
+                    global_pool=v.GLOBAL_POOL, drop_path_rate=drop_path)
+    if fam == "convnext":
+        c = cfg.CONVNEXT
+        return dict(common, dim=c.DIM, depth=c.DEPTH, patch_size=c.PATCH_SIZE, kernel_size=c.KERNEL,
+                    layer_scale_init_value=c.LAYER_SCALE_INIT_VALUE, head_init_scale=c.HEAD_INIT_SCALE,
+                    drop_path_rate=drop_path)
+    m = cfg.MIXER
+    return dict(common, img_size=d.TRAIN_CROP_SIZE, patch_size=m.PATCH_SIZE, embed_dim=m.EMBED_DIM,
+                num_blocks=m.DEPTH, mlp_ratio=tuple(m.MLP_RATIO), drop_path_rate=drop_path)
 
 
 def build_model(cfg):
-    """Build the model named by MODEL.MODEL_NAME from the CONVMIXER section (on the CPU)."""
-    name = cfg.MODEL.MODEL_NAME
-    if name not in MODEL_FAMILIES:
-        raise ValueError(f"unknown MODEL.MODEL_NAME {name!r}; allowed: {', '.join(MODEL_FAMILIES)}")
-    return MODEL_FAMILIES[name](**model_kwargs(cfg))
+    """Build the model of MODEL.MODEL_NAME from its config section (on the CPU)."""
+    kwargs = model_kwargs(cfg)
+    fam = family(cfg)
+    if fam == "convmixer":
+        overlay = kwargs.pop("pretrained_cfg_overlay")
+        return overlay_cfg(SpinConvMixer(**kwargs), overlay)
+    if fam == "vit":
+        return vision_transformer("deit_small_patch16_224", **kwargs)
+    if fam == "convnext":
+        return convnext_isotropic(**kwargs)
+    return mlp_mixer("mixer_s16_224", **kwargs)

@@ -1,16 +1,46 @@
-"""Named model builders (timm style): ``create_model("ws_convmixer_768_32_14_3", num_classes=10)``."""
+"""Named model builders (timm style): ``create_model("ws_deit_small_patch16_224", num_classes=10)``.
+
+Every builder takes the plan keywords (``share_rate``, ``num_sets``, ``distribution``, ``mapping``,
+``seed``, ``scope``, or a ready ``plan``) and ``fusion`` beside its model keywords, and
+``pretrained_cfg_overlay`` (entries replacing the model's ``pretrained_cfg``, as in timm).
+"""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch.nn as nn
 
+from ..fusion import parse_fusion
+from ..share import share
+from ..sharing import SharingPlan, build_plan
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+PLAN_KEYS = ("share_rate", "num_sets", "distribution", "mapping", "seed", "scope")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     _MODELS[fn.__name__] = fn
     return fn
+
+
+def register_shared_variants(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register ``fn`` and its ``ws_`` (rate 2) and ``wfws_`` (rate 2, mean fusion) variants."""
+    register_model(fn)
+    for prefix, extra, what in (("ws_", dict(share_rate=2), "WS, rate 2, uniform/sequential, "
+                                 "the family's default scope"),
+                                ("wfws_", dict(share_rate=2, fusion="mean"), "WFWS: all D layers' "
+                                 "weights mean-fused to D/2 sets on every forward")):
+        def variant(_fn=fn, _extra=extra, **kwargs):
+            return _fn(**{**_extra, **kwargs})
+        variant.__name__ = variant.__qualname__ = prefix + fn.__name__
+        variant.__doc__ = f"{what} ({fn.__name__})."
+        variant.__module__ = fn.__module__
+        register_model(variant)
+    return fn
+
+
+def get_builder(name: str) -> Callable[..., nn.Module]:
+    return _MODELS[name]
 
 
 def list_models() -> list[str]:
@@ -21,3 +51,47 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     return _MODELS[name](**kwargs)
+
+
+def split_plan_kwargs(kwargs: dict) -> dict:
+    """Pop the plan keywords (and ``plan``, ``fusion``) out of a builder's keywords."""
+    return {k: kwargs.pop(k) for k in (*PLAN_KEYS, "plan", "fusion") if k in kwargs}
+
+
+def resolve_plan(depth: int, plan_kwargs: dict) -> Optional[SharingPlan]:
+    """The plan the keywords ask for, or None when they ask for nothing."""
+    plan = plan_kwargs.get("plan")
+    rest = {k: v for k, v in plan_kwargs.items() if k in PLAN_KEYS}
+    if plan is None and rest:
+        plan = build_plan(depth, **rest)
+    return plan
+
+
+def apply_sharing(model: nn.Module, plan_kwargs: dict) -> nn.Module:
+    """``spin.share`` a freshly built model (in place) when its builder was asked for a shared
+    plan or a fusion; a vanilla model keeps its own keys."""
+    depth = len(model.blocks)
+    plan = resolve_plan(depth, plan_kwargs) or SharingPlan.unshared(depth)
+    fusion = plan_kwargs.get("fusion")
+    if not plan.is_shared and not parse_fusion(fusion):
+        return model
+    return share(model, plan=plan, fusion=fusion, inplace=True)
+
+
+def overlay_cfg(model: nn.Module, overlay: Optional[dict]) -> nn.Module:
+    if overlay:
+        model.pretrained_cfg = model.default_cfg = {**getattr(model, "pretrained_cfg", {}), **overlay}
+    return model
+
+
+def create_timm(variant: str, **kwargs) -> nn.Module:
+    """timm's ``variant`` (never pretrained: nothing downloads) with its keywords overridden by
+    ``kwargs``, shared when plan keywords or ``fusion`` are given."""
+    import timm
+
+    plan_kwargs = split_plan_kwargs(kwargs)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    for k in ("pretrained", "pretrained_cfg", "cache_dir"):
+        kwargs.pop(k, None)
+    model = timm.create_model(variant, pretrained=False, **kwargs)
+    return overlay_cfg(apply_sharing(model, plan_kwargs), overlay)

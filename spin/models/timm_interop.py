@@ -9,11 +9,15 @@ result into a WFWS model gives it all D pretrained pointwise sets.
 from __future__ import annotations
 
 import re
+import sys
 
 import torch
+from timm.models.convmixer import ConvMixer
 
-from . import builders
-from .registry import list_models
+from ..share import register_family
+from .registry import get_builder, list_models
+
+register_family(ConvMixer, "convmixer")  # timm's layout: spin.share works on it directly
 
 _RULES = [
     (r"^stem\.0\.(.*)$", r"patch_embed.conv.\1"),
@@ -53,7 +57,10 @@ def _timm_entrypoint(builder):
         kwargs.pop("device", None), kwargs.pop("dtype", None)
         if "drop_rate" in kwargs and kwargs["drop_rate"] is None:
             kwargs.pop("drop_rate")
-        return builder(**kwargs)
+        overlay = {**_PRETRAINED_CFGS[entry.__name__], **(pretrained_cfg_overlay or {})}
+        if kwargs.get("num_classes") is not None:
+            overlay["num_classes"] = kwargs["num_classes"]
+        return builder(pretrained_cfg_overlay=overlay, **kwargs)
 
     entry.__name__ = entry.__qualname__ = "spin_" + builder.__name__
     entry.__module__ = __name__
@@ -61,16 +68,29 @@ def _timm_entrypoint(builder):
     return entry
 
 
+_PRETRAINED_CFGS: dict[str, dict] = {}
+default_cfgs: dict = {}  # timm reads the registered entrypoints' cfgs from their module
+
+
 def register_with_timm() -> list[str]:
-    """Register every spin builder in timm's registry as ``spin_<name>``; returns the names."""
+    """Register every spin builder in timm's registry as ``spin_<name>``, with the pretrained
+    cfg of its family (input size, crop, interpolation, mean/std, first conv, classifier);
+    returns the names."""
+    from timm.models import generate_default_cfgs, is_model
     from timm.models import register_model as timm_register
-    from timm.models import is_model
 
     names = []
     for name in list_models():
         timm_name = "spin_" + name
         if not is_model(timm_name):
-            fn = _timm_entrypoint(getattr(builders, name))
+            builder = get_builder(name)
+            cfg = dict(sys.modules[builder.__module__].PRETRAINED_CFG, architecture=timm_name)
+            for k in ("url", "hf_hub_id", "tag", "license", "origin_url", "paper_ids", "notes"):
+                cfg.pop(k, None)
+            _PRETRAINED_CFGS[timm_name] = cfg
+            default_cfgs.update(generate_default_cfgs({timm_name: {k: v for k, v in cfg.items()
+                                                                   if k != "architecture"}}))
+            fn = _timm_entrypoint(builder)
             globals()[timm_name] = fn  # timm records the entrypoint's module and name
             timm_register(fn)
         names.append(timm_name)

@@ -1,0 +1,173 @@
+"""The one check of a config's values (SlowFast's ``assert_and_infer_cfg``), run before a job
+writes anything. It reports every problem it finds, one line each. What needs a module to
+resolve (the plan against the model's blocks, timm's augmentation strings, the data folder, a
+checkpoint's keys) is resolved by the job right after, still before the first write, and each
+module raises its own error type for its own values."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+from yacs.config import CfgNode
+
+from ..fusion import FUSIONS
+from ..sharing import DISTRIBUTIONS, MAPPINGS, SharingError, parse_scope
+from .defaults import CHOICES, FAMILY_SECTIONS, MODEL_FAMILIES, get_cfg
+from .parser import ConfigError
+
+JOBS = ("train", "test", "fuse", "stats", "predict")
+
+
+def _writable(path: str) -> Optional[str]:
+    """None if a run may create and write files under ``path``, else the reason it may not."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"OUTPUT_DIR {path!r} is a file, not a folder; choose a folder for the run's outputs"
+    probe = path
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe.rstrip(os.sep)) or "."
+    if not os.access(probe or ".", os.W_OK | os.X_OK):
+        return f"OUTPUT_DIR {path!r} is not writable ({probe!r} denies it); choose a writable folder"
+    return None
+
+
+def _changed(node: CfgNode, default: CfgNode, prefix: str) -> list[str]:
+    return [f"{prefix}{k}" for k in node if node[k] != default[k]]
+
+
+def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> None:
+    """Raise one ConfigError listing every problem of ``cfg`` for ``job`` (one per line)."""
+    problems: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            problems.append(msg)
+
+    for key, allowed in CHOICES.items():
+        sec, _, name = key.rpartition(".")
+        value = (cfg[sec] if sec else cfg)[name]
+        norm = str(value).lower() if key != "MODEL.MODEL_NAME" else value
+        need(norm in {a if key == "MODEL.MODEL_NAME" else a.lower() for a in allowed},
+             f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
+
+    # ------------------------------------------------------------------ model and plan
+    family = MODEL_FAMILIES.get(cfg.MODEL.MODEL_NAME)
+    default = get_cfg()
+    if family is not None:
+        own = "CONVMIXER.WEIGHT_SHARE" if family == "convmixer" else "WEIGHT_SHARE"
+        other = cfg.WEIGHT_SHARE if family == "convmixer" else cfg.CONVMIXER.WEIGHT_SHARE
+        other_default = default.WEIGHT_SHARE if family == "convmixer" else default.CONVMIXER.WEIGHT_SHARE
+        other_name = "WEIGHT_SHARE" if family == "convmixer" else "CONVMIXER.WEIGHT_SHARE"
+        stray = _changed(other, other_default, other_name + ".")
+        need(not stray, f"{', '.join(stray)} set, but MODEL.MODEL_NAME {cfg.MODEL.MODEL_NAME} reads its "
+                        f"plan from {own}.*; move these keys there")
+        ws = cfg.CONVMIXER.WEIGHT_SHARE if family == "convmixer" else cfg.WEIGHT_SHARE
+        need(str(ws.SHARING_DISTRIBUTION).lower() in DISTRIBUTIONS + ("custom",),
+             f"unknown {own}.SHARING_DISTRIBUTION {ws.SHARING_DISTRIBUTION!r}; allowed: "
+             f"{', '.join(DISTRIBUTIONS)}, custom (with GROUP_SIZES)")
+        need(str(ws.SHARING_MAPPING).lower() in MAPPINGS + ("custom",),
+             f"unknown {own}.SHARING_MAPPING {ws.SHARING_MAPPING!r}; allowed: {', '.join(MAPPINGS)}, "
+             f"custom (with LAYER_MAP)")
+        fusion = str(ws.REDUCTION_FN).strip().lower()
+        need(fusion in ("none", "", "null") + FUSIONS,
+             f"unknown {own}.REDUCTION_FN {ws.REDUCTION_FN!r}; allowed: None, {', '.join(FUSIONS)}")
+        need(ws.SHARE_RATE >= 1, f"{own}.SHARE_RATE must be >= 1, got {ws.SHARE_RATE}")
+        need(ws.NUM_SETS >= 0, f"{own}.NUM_SETS must be >= 0 (0: DEPTH / SHARE_RATE), got {ws.NUM_SETS}")
+        try:
+            parse_scope(ws.SCOPE or None)
+        except SharingError as e:
+            problems.append(f"{own}.SCOPE: {e}")
+        arch = cfg[FAMILY_SECTIONS[family]]
+        depth = arch.DEPTH
+        need(depth >= 1, f"{FAMILY_SECTIONS[family]}.DEPTH must be >= 1, got {depth}")
+        if family in ("vit", "mixer"):
+            sec = FAMILY_SECTIONS[family]
+            need(cfg.DATA.TRAIN_CROP_SIZE == cfg.DATA.TEST_CROP_SIZE,
+                 f"{cfg.MODEL.MODEL_NAME} has a fixed input size: DATA.TEST_CROP_SIZE "
+                 f"{cfg.DATA.TEST_CROP_SIZE} must equal DATA.TRAIN_CROP_SIZE {cfg.DATA.TRAIN_CROP_SIZE}")
+            need(arch.PATCH_SIZE >= 1 and cfg.DATA.TRAIN_CROP_SIZE % max(arch.PATCH_SIZE, 1) == 0,
+                 f"DATA.TRAIN_CROP_SIZE {cfg.DATA.TRAIN_CROP_SIZE} is not a multiple of {sec}.PATCH_SIZE "
+                 f"{arch.PATCH_SIZE}")
+        if family == "vit":
+            need(cfg.VIT.NUM_HEADS >= 1 and cfg.VIT.EMBED_DIM % max(cfg.VIT.NUM_HEADS, 1) == 0,
+                 f"VIT.EMBED_DIM {cfg.VIT.EMBED_DIM} is not divisible by VIT.NUM_HEADS {cfg.VIT.NUM_HEADS}")
+        width = {"convmixer": "CHANNEL", "convnext": "DIM"}.get(family, "EMBED_DIM")
+        need(arch[width] >= 1, f"{FAMILY_SECTIONS[family]}.{width} must be >= 1, got {arch[width]}")
+    need(cfg.MODEL.NUM_CLASSES >= 1, f"MODEL.NUM_CLASSES must be >= 1, got {cfg.MODEL.NUM_CLASSES}")
+    need(0 <= cfg.MODEL.DROPOUT_RATE < 1, f"MODEL.DROPOUT_RATE must be in [0, 1), got {cfg.MODEL.DROPOUT_RATE}")
+    need(0 <= cfg.MODEL.DROP_PATH_RATE < 1,
+         f"MODEL.DROP_PATH_RATE must be in [0, 1), got {cfg.MODEL.DROP_PATH_RATE}")
+    need(0 < cfg.MODEL_EMA.DECAY < 1, f"MODEL_EMA.DECAY must be in (0, 1), got {cfg.MODEL_EMA.DECAY}")
+    need(cfg.DATA.INPUT_CHANNEL_NUM == [3],
+         f"DATA.INPUT_CHANNEL_NUM must be [3] (images are read as RGB), got {cfg.DATA.INPUT_CHANNEL_NUM}")
+
+    # ------------------------------------------------------------------ data
+    d = cfg.DATA
+    for key in ("TRAIN_CROP_SIZE", "TEST_CROP_SIZE"):
+        need(d[key] >= 1, f"DATA.{key} must be >= 1, got {d[key]}")
+    for key in ("MEAN", "STD"):
+        need(len(d[key]) == 3, f"DATA.{key} needs 3 values (R, G, B), got {list(d[key])}")
+    need(all(s > 0 for s in d.STD), f"DATA.STD values must be > 0, got {list(d.STD)}")
+    need(0 < d.VAL_CROP_RATIO <= 1, f"DATA.VAL_CROP_RATIO must be in (0, 1], got {d.VAL_CROP_RATIO}")
+    sc, ar = list(d.TRAIN_JITTER_SCALES_RELATIVE), list(d.TRAIN_JITTER_ASPECT_RELATIVE)
+    need(len(sc) == 2 and 0 < sc[0] <= sc[1] <= 1,
+         f"DATA.TRAIN_JITTER_SCALES_RELATIVE must be [min, max] with 0 < min <= max <= 1, got {sc}")
+    need(len(ar) == 2 and 0 < ar[0] <= ar[1],
+         f"DATA.TRAIN_JITTER_ASPECT_RELATIVE must be [min, max] with 0 < min <= max, got {ar}")
+    need(cfg.DATA_LOADER.NUM_WORKERS >= 0,
+         f"DATA_LOADER.NUM_WORKERS must be >= 0, got {cfg.DATA_LOADER.NUM_WORKERS}")
+    a, m = cfg.AUG, cfg.MIXUP
+    need(0 <= a.RE_PROB <= 1, f"AUG.RE_PROB must be in [0, 1], got {a.RE_PROB}")
+    need(a.RE_COUNT >= 1, f"AUG.RE_COUNT must be >= 1, got {a.RE_COUNT}")
+    need(a.COLOR_JITTER >= 0, f"AUG.COLOR_JITTER must be >= 0, got {a.COLOR_JITTER}")
+    for key in ("ALPHA", "CUTMIX_ALPHA"):
+        need(m[key] >= 0, f"MIXUP.{key} must be >= 0, got {m[key]}")
+    for key in ("PROB", "SWITCH_PROB"):
+        need(0 <= m[key] <= 1, f"MIXUP.{key} must be in [0, 1], got {m[key]}")
+    need(0 <= m.LABEL_SMOOTH_VALUE < 1, f"MIXUP.LABEL_SMOOTH_VALUE must be in [0, 1), got {m.LABEL_SMOOTH_VALUE}")
+    need(not (m.ENABLE and cfg.MODEL.LOSS_FUNC == "cross_entropy"),
+         "MIXUP.ENABLE makes soft targets: set MODEL.LOSS_FUNC soft_cross_entropy (or disable mixup)")
+
+    # ------------------------------------------------------------------ solver and run
+    s = cfg.SOLVER
+    need(s.MAX_EPOCH >= 1, f"SOLVER.MAX_EPOCH must be >= 1, got {s.MAX_EPOCH}")
+    for key in ("BASE_LR", "WEIGHT_DECAY", "WARMUP_START_LR", "COSINE_END_LR", "MOMENTUM", "DAMPENING"):
+        need(s[key] >= 0 and math.isfinite(s[key]), f"SOLVER.{key} must be a finite number >= 0, got {s[key]}")
+    need(cfg.BN.WEIGHT_DECAY >= 0, f"BN.WEIGHT_DECAY must be >= 0, got {cfg.BN.WEIGHT_DECAY}")
+    need(0 <= s.WARMUP_EPOCHS <= max(s.MAX_EPOCH, 0),
+         f"SOLVER.WARMUP_EPOCHS must be in [0, SOLVER.MAX_EPOCH {s.MAX_EPOCH}], got {s.WARMUP_EPOCHS}")
+    need(s.CLIP_GRAD_L2NORM is None or s.CLIP_GRAD_L2NORM > 0,
+         f"SOLVER.CLIP_GRAD_L2NORM must be > 0 (or None: no clipping), got {s.CLIP_GRAD_L2NORM}")
+    t = cfg.TRAIN
+    for key in ("EVAL_PERIOD", "CHECKPOINT_PERIOD"):
+        need(t[key] >= 1, f"TRAIN.{key} must be >= 1 (every N epochs; the last epoch always), got {t[key]}")
+    need(cfg.LOG_PERIOD >= 0, f"LOG_PERIOD must be >= 0 (0: no per-iteration lines), got {cfg.LOG_PERIOD}")
+    need(t.MAX_ITERS_PER_EPOCH >= 0, f"TRAIN.MAX_ITERS_PER_EPOCH must be >= 0, got {t.MAX_ITERS_PER_EPOCH}")
+    need(cfg.NUM_GPUS >= 0, f"NUM_GPUS must be >= 0 (0: the CPU), got {cfg.NUM_GPUS}")
+    need(cfg.NUM_SHARDS >= 1, f"NUM_SHARDS must be >= 1, got {cfg.NUM_SHARDS}")
+    need(0 <= cfg.SHARD_ID < max(cfg.NUM_SHARDS, 1),
+         f"SHARD_ID must be in [0, NUM_SHARDS {cfg.NUM_SHARDS}), got {cfg.SHARD_ID}")
+    for sec in ("TRAIN", "TEST"):
+        bs = cfg[sec].BATCH_SIZE
+        if bs < 1:
+            problems.append(f"{sec}.BATCH_SIZE must be >= 1, got {bs}")
+        elif cfg.NUM_GPUS > 0 and bs % cfg.NUM_GPUS:
+            problems.append(
+                f"{sec}.BATCH_SIZE {bs} is not divisible by NUM_GPUS {cfg.NUM_GPUS}; the batch size "
+                f"is per machine and split over its GPUs, so pick a multiple of {cfg.NUM_GPUS}")
+        elif bs % procs_per_machine:
+            problems.append(f"{sec}.BATCH_SIZE {bs} is not divisible by the {procs_per_machine} "
+                            f"processes on this machine; pick a multiple of {procs_per_machine}")
+    if job == "train":
+        need(t.ENABLE or cfg.TEST.ENABLE, "TRAIN.ENABLE and TEST.ENABLE are both False: the job would do "
+                                          "nothing; enable one")
+        bad = _writable(cfg.OUTPUT_DIR or ".")
+        need(bad is None, bad or "")
+    for key, used in (("TRAIN.CHECKPOINT_FILE_PATH", job in ("train", "fuse")),
+                      ("TEST.CHECKPOINT_FILE_PATH", job == "test" or (job == "train" and cfg.TEST.ENABLE))):
+        sec, _, name = key.partition(".")
+        path = cfg[sec][name]
+        need(not (used and path and not os.path.isfile(path)),
+             f"{key} {path!r} does not exist; give the path of a .pyth/.pth/.safetensors file")
+    if problems:
+        raise ConfigError("\n".join(problems))

@@ -1,0 +1,35 @@
+"""MLP-Mixer: timm's ``MlpMixer``, shared by ``spin.share``.
+
+A vanilla spin Mixer is timm's model (same class, keys and logits). The named parts of a block are
+``token`` (mlp_tokens), ``channel`` (mlp_channels) and ``norm`` (norm1, norm2); the default scope
+is ``token+channel``, the analogue of the paper's DeiT choice (everything but the norms).
+"""
+from __future__ import annotations
+
+from timm.models import get_pretrained_cfg
+from timm.models.mlp_mixer import MlpMixer
+
+from ..share import register_family
+from .registry import create_timm, register_shared_variants
+
+register_family(MlpMixer, "mixer")
+PRETRAINED_CFG = get_pretrained_cfg("mixer_s16_224").to_dict()  # timm's Mixer preprocessing
+
+
+def mlp_mixer(variant: str = "mixer_s16_224", **kwargs):
+    """timm's ``variant`` (``pretrained=False``) with its keywords overridden by ``kwargs``
+    (``img_size``, ``patch_size``, ``embed_dim``, ``num_blocks``, ``mlp_ratio``,
+    ``drop_path_rate``, ...), then shared when plan keywords or ``fusion`` are given."""
+    return create_timm(variant, **kwargs)
+
+
+@register_shared_variants
+def mixer_s16_224(**kwargs) -> MlpMixer:
+    """Mixer-S/16 (18.5M parameters)."""
+    return mlp_mixer("mixer_s16_224", **kwargs)
+
+
+@register_shared_variants
+def mixer_b16_224(**kwargs) -> MlpMixer:
+    """Mixer-B/16 (59.9M parameters)."""
+    return mlp_mixer("mixer_b16_224", **kwargs)
