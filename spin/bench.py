@@ -1,12 +1,17 @@
-"""Throughput, memory and size of spin's models against timm's ConvMixer, in one process.
+"""Throughput, memory and size of spin's models against timm's, in one process.
 
-For one C/D/P/K the models are measured interleaved (timm, spin vanilla, spin WS, spin WFWS, and a
-GEMM of the pointwise conv's shape as the machine's reference rate), each over warm-up rounds and
-then ``repeats`` rounds; the medians are reported. A train step is forward, cross-entropy,
-backward and an AdamW step; inference is a forward under ``torch.inference_mode``.
+For one preset the models are measured interleaved (ConvMixer presets: timm's ConvMixer as users
+get it and on channels_last, spin with timm's block, spin vanilla, WS and WFWS; the DeiT presets:
+timm's deit_small_patch16_224 and spin's WS and WFWS DeiT at the same size; and a GEMM of the
+token-mixing matmul's shape as the machine's reference rate), each over warm-up rounds and then
+``repeats`` rounds; the medians are reported. A train step is forward, cross-entropy, backward
+and an AdamW step; inference is a forward under ``torch.inference_mode``. Results are written
+(atomically, only after a preset finished) to ``--out``: ~/.cache/spin/bench unless given; the
+committed results live in bench/results.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
@@ -17,7 +22,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .models import SpinConvMixer
+from .errors import SpinError
+from .models import SpinConvMixer, create_model
+from .share import unique_parameters
 from .sharing import build_plan
 from .stats import count_macs
 
@@ -26,9 +33,18 @@ PRESETS = {
     "imagenet": dict(dim=768, depth=32, patch=14, kernel=3, image=224, batch=8, classes=1000),
     "cifar": dict(dim=256, depth=8, patch=2, kernel=5, image=32, batch=64, classes=10),
     "tiny": dict(dim=32, depth=4, patch=4, kernel=3, image=32, batch=4, classes=10),
+    # DeiT-S at 224px; and a tiny ViT for tests.
+    "deit": dict(family="vit", dim=384, depth=12, heads=6, patch=16, image=224, batch=8, classes=1000),
+    "deit_tiny": dict(family="vit", dim=32, depth=4, heads=2, patch=8, image=32, batch=4, classes=10),
 }
 MODELS = ("timm", "timm_cl", "spin_timm_block", "spin_vanilla", "spin_ws", "spin_wfws")
+VIT_MODELS = ("timm", "spin_ws", "spin_wfws")
 REFERENCES = ("timm", "timm_cl")
+DEFAULT_OUT = os.path.join(os.path.expanduser("~"), ".cache", "spin", "bench")
+
+
+class BenchError(SpinError, ValueError):
+    """A benchmark request that cannot run as given."""
 
 
 class ChannelsLast(nn.Module):
@@ -40,6 +56,17 @@ class ChannelsLast(nn.Module):
 
     def forward(self, x):
         return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def build_vit_models(dim, depth, heads, patch, image, classes, share_rate=2) -> dict[str, nn.Module]:
+    """timm's DeiT-S at this size, and spin's WS / WFWS DeiT (attn+mlp shared) at the same size."""
+    import timm
+
+    common = dict(img_size=image, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+                  num_classes=classes)
+    return {"timm": timm.create_model("deit_small_patch16_224", pretrained=False, **common),
+            "spin_ws": create_model("deit_small_patch16_224", share_rate=share_rate, **common),
+            "spin_wfws": create_model("deit_small_patch16_224", share_rate=share_rate, fusion="mean", **common)}
 
 
 def build_models(dim, depth, patch, kernel, classes, share_rate=2) -> dict[str, nn.Module]:
@@ -97,16 +124,18 @@ def saved_activation_bytes(model, x, y) -> int:
     return sum(n for ptr, n in seen.items() if ptr not in params)
 
 
-def benchmark(dim: int, depth: int, patch: int, kernel: int, image: int, batch: int,
+def benchmark(dim: int, depth: int, patch: int, image: int, batch: int, kernel: int = 0,
               classes: int = 1000, device: str = "cpu", amp: Optional[str] = None,
               channels_last: bool = False, warmup: int = 2, repeats: int = 5, iters: int = 2,
-              models=MODELS, share_rate: int = 2, seed: int = 0, compile: bool = False) -> dict:
+              models=MODELS, share_rate: int = 2, seed: int = 0, compile: bool = False,
+              family: str = "convmixer", heads: int = 0) -> dict:
     torch.manual_seed(seed)
     dev = torch.device(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    built = {k: v for k, v in build_models(dim, depth, patch, kernel, classes, share_rate).items()
-             if k in models}
+    fmt = torch.channels_last if channels_last and family == "convmixer" else torch.contiguous_format
+    every = (build_vit_models(dim, depth, heads, patch, image, classes, share_rate) if family == "vit"
+             else build_models(dim, depth, patch, kernel, classes, share_rate))
+    built = {k: v for k, v in every.items() if k in models}
     x = torch.randn(batch, 3, image, image, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, classes, (batch,), device=dev)
     tokens = (image // patch) ** 2
@@ -145,7 +174,7 @@ def benchmark(dim: int, depth: int, patch: int, kernel: int, image: int, batch: 
         params = sum(p.numel() for p in m.parameters())
         result["models"][name] = {
             "params": params,
-            "unique_params": m.unique_parameters() if hasattr(m, "unique_parameters") else params,
+            "unique_params": unique_parameters(m) if not isinstance(m, ChannelsLast) else params,
             "param_bytes": sum(p.numel() * p.element_size() for p in m.parameters()),
             "optimizer_state_bytes": sum(t.numel() * t.element_size() for s in opt.state.values()
                                          for t in s.values() if torch.is_tensor(t)),
@@ -191,7 +220,8 @@ def benchmark(dim: int, depth: int, patch: int, kernel: int, image: int, batch: 
         if "spin_ws" in m and "spin_wfws" in m:
             ratios[f"spin_wfws/spin_ws {mode[:5]}"] = m["spin_wfws"][mode] / m["spin_ws"][mode]
     result.update(
-        config=dict(dim=dim, depth=depth, patch=patch, kernel=kernel, image=image, batch=batch,
+        config=dict(family=family, dim=dim, depth=depth, patch=patch, kernel=kernel, heads=heads,
+                    image=image, batch=batch,
                     classes=classes, device=device, amp=amp, channels_last=channels_last,
                     warmup=warmup, repeats=repeats, iters=iters, share_rate=share_rate,
                     compile=compile),
@@ -218,7 +248,9 @@ def machine_info(dev: torch.device) -> dict:
 
 def markdown(result: dict) -> str:
     c = result["config"]
-    head = (f"**{c['dim']}/{c['depth']}/{c['patch']}/{c['kernel']}**, {c['image']}px, batch {c['batch']}, "
+    arch = (f"DeiT dim {c['dim']}, depth {c['depth']}, heads {c['heads']}, patch {c['patch']}"
+            if c.get("family") == "vit" else f"{c['dim']}/{c['depth']}/{c['patch']}/{c['kernel']}")
+    head = (f"**{arch}**, {c['image']}px, batch {c['batch']}, "
             f"{c['device']}{', ' + c['amp'] if c['amp'] else ''}{', channels_last' if c['channels_last'] else ''}"
             f"{', torch.compile' if c.get('compile') else ''} "
             f"— {result['machine']['device']}, torch {result['machine']['torch']}; GEMM "
@@ -236,11 +268,56 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> list[dict]:
-    """spin bench [--preset imagenet,cifar] [--device cpu|cuda] [--amp bf16|fp16] ..."""
-    import argparse
+def _epoch_stats(run_dir: str) -> Optional[dict]:
+    """The train_epoch json_stats of a run folder's stdout.log (the last one), or None."""
+    path = os.path.join(run_dir, "stdout.log")
+    if not os.path.exists(path):
+        return None
+    found = None
+    with open(path) as f:
+        for line in f:
+            if "json_stats: " in line and '"train_epoch"' in line:
+                found = json.loads(line.split("json_stats: ", 1)[1])
+    return found
 
-    p = argparse.ArgumentParser(prog="spin bench", description=__doc__)
+
+def gpu_check_report(out: str) -> str:
+    """summary.md of a bench/gpu-check.sh run folder: the benchmark tables' key numbers, the
+    training runs' img/s and peak memory (compile off / on), the DDP smoke run, step status."""
+    lines = [f"# GPU check ({open(os.path.join(out, 'machine.txt')).read().strip()})", ""]
+    steps = [l.split() for l in open(os.path.join(out, "steps.txt")) if l.strip()]
+    lines += ["| step | exit | seconds |", "|---|---|---|"] + [f"| {n} | {rc} | {t} |" for n, rc, t in steps]
+    lines += ["", "| preset | model | train img/s | infer img/s | % of GEMM | peak train MB |", "|---|---|---|---|---|---|"]
+    ratios = []
+    for path in sorted(glob.glob(os.path.join(out, "bench", "*.json"))):
+        res = json.load(open(path))
+        tag = os.path.splitext(os.path.basename(path))[0]
+        for name, r in res["models"].items():
+            mem = r.get("peak_train_bytes", r.get("activation_bytes", 0)) / 1e6
+            lines.append(f"| {tag} | {name} | {r['train_img_s']:.1f} | {r['infer_img_s']:.1f} | "
+                         f"{100 * r['mfu_vs_gemm']:.0f}% | {mem:.0f} |")
+        ratios += [f"| {tag} | {k} | {v:.3f} |" for k, v in res["ratios"].items()
+                   if k.startswith(("spin_ws/timm ", "spin_wfws/spin_ws"))]
+    lines += ["", "| preset | ratio | value |", "|---|---|---|"] + ratios
+    lines += ["", "| training run | img/s | peak memory GB | seconds |", "|---|---|---|---|"]
+    for run in ("train_amp", "train_amp_compile", "ddp_nccl", "ddp_gloo"):
+        st = _epoch_stats(os.path.join(out, run))
+        if st is not None:
+            lines.append(f"| {run} | {st['img_s']:.1f} | {st['mem']:.2f} | {st['time']:.1f} |")
+    return "\n".join(lines)
+
+
+def _write(path: str, text: str) -> None:
+    from .engine.runfolder import atomic_write
+
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def main(argv=None) -> list[dict]:
+    """spin bench [--preset imagenet,cifar,deit] [--device cpu|cuda] [--amp bf16|fp16] ..."""
+    from .config import ArgumentParser
+
+    p = ArgumentParser(prog="spin bench", description=__doc__)
     p.add_argument("--preset", default="imagenet,cifar", help=f"comma list of {', '.join(PRESETS)}")
     p.add_argument("--batch", type=int, default=0, help="override the preset's batch")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -250,31 +327,54 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--iters", type=int, default=2, help="steps per timed round")
-    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--models", default="", help=f"comma list (default: all of the preset's; ConvMixer: "
+                                                f"{', '.join(MODELS)}; DeiT: {', '.join(VIT_MODELS)})")
     p.add_argument("--compile", action="store_true", help="run every model under torch.compile")
-    p.add_argument("--out", default="bench/results", help="folder for JSON and markdown")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="folder for JSON and markdown (the committed results: --out bench/results)")
     args = p.parse_args(argv)
+    presets = [x.strip() for x in args.preset.split(",") if x.strip()]
+    bad = [x for x in presets if x not in PRESETS]
+    if bad or not presets:
+        raise BenchError(f"unknown --preset {','.join(bad) or repr(args.preset)}; allowed: {', '.join(PRESETS)}")
+    models = [x.strip() for x in args.models.split(",") if x.strip()]
+    known = set(MODELS) | set(VIT_MODELS)
+    if [x for x in models if x not in known]:
+        raise BenchError(f"unknown --models {','.join(x for x in models if x not in known)}; allowed: "
+                         f"{', '.join(MODELS)} (ConvMixer presets), {', '.join(VIT_MODELS)} (DeiT presets)")
+    for name, value, low in (("--batch", args.batch, 0), ("--warmup", args.warmup, 0),
+                             ("--repeats", args.repeats, 1), ("--iters", args.iters, 1)):
+        if value < low:
+            raise BenchError(f"{name} must be >= {low}, got {value}")
     cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise BenchError("--device cuda but CUDA is not available here; use --device cpu")
+    if not cuda and args.device != "cpu":
+        raise BenchError(f"unknown --device {args.device!r}; allowed: cpu, cuda, cuda:N")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise BenchError(f"--out {args.out!r} is a file; give a folder")
     amp = args.amp or ("bf16" if cuda else None)
     cl = args.channels_last if args.channels_last is not None else cuda
     results = []
-    os.makedirs(args.out, exist_ok=True)
-    for preset in args.preset.split(","):
+    for preset in presets:
         cfg = dict(PRESETS[preset])
         if args.batch:
             cfg["batch"] = args.batch
+        family_models = VIT_MODELS if cfg.get("family") == "vit" else MODELS
+        chosen = [m for m in (models or family_models) if m in family_models]
+        if not chosen:
+            raise BenchError(f"none of --models {args.models} runs in preset {preset}; its models: "
+                             f"{', '.join(family_models)}")
         res = benchmark(**cfg, device=args.device, amp=amp, channels_last=cl, warmup=args.warmup,
-                        repeats=args.repeats, iters=args.iters, models=args.models.split(","),
-                        compile=args.compile)
+                        repeats=args.repeats, iters=args.iters, models=chosen, compile=args.compile)
         res["preset"] = preset
         results.append(res)
         text = markdown(res)
         print(text + "\n", flush=True)
         tag = f"{preset}-{args.device.split(':')[0]}{'-compile' if args.compile else ''}"
-        with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
-            json.dump(res, f, indent=1)
-        with open(os.path.join(args.out, f"{tag}.md"), "w") as f:
-            f.write(text + "\n")
+        _write(os.path.join(args.out, f"{tag}.json"), json.dumps(res, indent=1))
+        _write(os.path.join(args.out, f"{tag}.md"), text + "\n")
+    print(f"results in {args.out}")
     return results
 
 

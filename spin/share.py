@@ -79,36 +79,47 @@ class SharedBlocks(nn.Module):
         super().__init__()
         self.plan, self.fusion, self.names = plan, fusion, tuple(names)
         self.blocks_path, self.family = blocks_path, family
-        object.__setattr__(self, "_stack", stack)  # a reference, not a submodule (keys stay)
-        self._cache: dict = {}
+        # References, not submodules (the keys stay): the stack, and per layer / set / coefficient
+        # holder the (module, attribute) of each name, read from _parameters on every use.
+        object.__setattr__(self, "_stack", stack)
+        object.__setattr__(self, "_stored", [_slots(b, names) for b in stack])
+        self._cache: dict = {}  # no-grad fusions, keyed by the tensors' versions
+        self._pass: Optional[dict] = None  # this stack call's fusions (grad mode)
+        self._coeff_names: tuple = ()
         if fusion is None:
             self.sets = nn.ModuleList([_param_tree(s) for s in sets])
+            object.__setattr__(self, "_sets", [_slots(h, names) for h in self.sets])
         else:
-            first = stack[0]
-            shapes = {n: coefficient_shape(fusion, first.get_parameter(n).shape[0]) for n in names
-                      if first.get_parameter(n).dim() >= 2}
+            first = dict(stack[0].named_parameters())
+            shapes = {n: coefficient_shape(fusion, first[n].shape[0]) for n in names if first[n].dim() >= 2}
             if any(shapes.values()):
                 self.coeffs = nn.ModuleList([_param_tree({n: torch.ones(s) for n, s in shapes.items()})
                                              for _ in range(plan.depth)])
+                self._coeff_names = tuple(shapes)
+                object.__setattr__(self, "_coeffs", [_slots(h, shapes) for h in self.coeffs])
 
     def extra_repr(self) -> str:
         return (f"depth={self.plan.depth}, sets={self.plan.num_sets}, map={list(self.plan.layer_to_set)}, "
                 f"fusion={self.fusion}, scope={'+'.join(self.plan.scope) or 'default'}")
 
-    def _stored(self, layer: int, name: str) -> torch.Tensor:
-        return self._stack[layer].get_parameter(name)
+    def stored(self, layer: int, name: str) -> torch.Tensor:
+        """Layer's own parameter ``name`` (from _parameters, not getattr: the attribute may hold
+        an injected tensor of a block whose forward was cut short)."""
+        return _read(self._stored[layer][name])
 
     def set_tensor(self, g: int, name: str) -> torch.Tensor:
         """Set g's tensor: the shared Parameter (WS) or the fusion of its group (WFWS)."""
         if self.fusion is None:
-            return self.sets[g].get_parameter(name)
+            return _read(self._sets[g][name])
         members = self.plan.groups[g]
-        weights = [self._stored(l, name) for l in members]
-        coeffs = None
-        if hasattr(self, "coeffs") and weights[0].dim() >= 2:
-            coeffs = [self.coeffs[l].get_parameter(name) for l in members]
+        weights = [_read(self._stored[l][name]) for l in members]
+        coeffs = [_read(self._coeffs[l][name]) for l in members] if name in self._coeff_names else None
         if torch.is_grad_enabled():
-            return fuse_group(weights, self.fusion, coeffs)
+            if self._pass is None:  # a block called on its own (checkpointing, intermediates)
+                return fuse_group(weights, self.fusion, coeffs)
+            if (g, name) not in self._pass:  # the first member this stack call: fuse once
+                self._pass[(g, name)] = fuse_group(weights, self.fusion, coeffs)
+            return self._pass[(g, name)]
         key = tuple((t._version, t.data_ptr()) for t in weights + (coeffs or []))
         hit = self._cache.get((g, name))
         if hit is None or hit[0] != key:
@@ -134,9 +145,25 @@ class SharedBlocks(nn.Module):
         """Parameters that the WS export drops: WFWS's D - N extra copies and its coefficients."""
         if self.fusion is None:
             return 0
-        per_layer = sum(self._stored(0, n).numel() for n in self.names)
+        per_layer = sum(self.stored(0, n).numel() for n in self.names)
         coeffs = sum(p.numel() for p in self.coeffs.parameters()) if hasattr(self, "coeffs") else 0
         return coeffs + (self.plan.depth - self.plan.num_sets) * per_layer
+
+
+def _slots(root: nn.Module, names) -> dict:
+    return {n: (root.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in names}
+
+
+def _read(slot) -> torch.Tensor:
+    return slot[0]._parameters[slot[1]]
+
+
+def _open_pass(stack: nn.Module, args) -> None:
+    stack.__dict__[_KEY]._pass = {}
+
+
+def _close_pass(stack: nn.Module, args, output) -> None:
+    stack.__dict__[_KEY]._pass = None
 
 
 def _inject(block: nn.Module, args) -> None:
@@ -218,17 +245,22 @@ def _install(model: nn.Module, stack: nn.Module, plan: SharingPlan, fusion: Opti
             block.register_forward_hook(_release)
     if fusion is None:
         bank.inject_all()
+    else:  # a call of the whole stack fuses each group once (its members share the tensor)
+        object.__setattr__(stack, _KEY, bank)
+        stack.register_forward_pre_hook(_open_pass)
+        stack.register_forward_hook(_close_pass)
     return bank
 
 
 def _uninstall(model: nn.Module) -> SharedBlocks:
     bank = model.shared
-    for block in bank._stack:
-        for hooks in (block._forward_pre_hooks, block._forward_hooks):
-            for k in [k for k, fn in hooks.items() if fn in (_inject, _release)]:
+    for module in [*bank._stack, bank._stack]:
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for k in [k for k, fn in hooks.items() if fn in (_inject, _release, _open_pass, _close_pass)]:
                 del hooks[k]
-        _release(block, (), None)
-        del block.__dict__[_KEY]
+        if module is not bank._stack:
+            _release(module, (), None)
+        module.__dict__.pop(_KEY, None)
     del model.shared
     return bank
 

@@ -18,8 +18,6 @@ _C.TRAIN.EVAL_PERIOD = 10
 _C.TRAIN.CHECKPOINT_PERIOD = 10
 _C.TRAIN.AUTO_RESUME = True
 _C.TRAIN.CHECKPOINT_FILE_PATH = ""
-_C.TRAIN.CHECKPOINT_TYPE = "pytorch"
-_C.TRAIN.CHECKPOINT_INFLATE = False
 _C.TRAIN.CHECKPOINT_EPOCH_RESET = False
 _C.TRAIN.MIXED_PRECISION = False
 # Autocast dtype when MIXED_PRECISION: float16 (CUDA, with GradScaler) or bfloat16.
@@ -34,8 +32,8 @@ _C.DATA = CfgNode()
 _C.DATA.PATH_TO_DATA_DIR = ""
 _C.DATA.MEAN = [0.485, 0.456, 0.406]
 _C.DATA.STD = [0.229, 0.224, 0.225]
+# SlowFast keys the published YAMLs carry; images only: NUM_FRAMES 1, ARCH 2d.
 _C.DATA.NUM_FRAMES = 1
-_C.DATA.SAMPLING_RATE = 1
 _C.DATA.TRAIN_CROP_SIZE = 224
 _C.DATA.TEST_CROP_SIZE = 224
 _C.DATA.INPUT_CHANNEL_NUM = [3]
@@ -139,7 +137,6 @@ _C.MODEL_EMA.DECAY = 0.99996
 # ------------------------------------------------------------------------------ augmentation
 _C.AUG = CfgNode()
 _C.AUG.ENABLE = False
-_C.AUG.NUM_SAMPLE = 1
 _C.AUG.COLOR_JITTER = 0.4
 _C.AUG.AA_TYPE = "rand-m9-mstd0.5-inc1"
 _C.AUG.INTERPOLATION = "bicubic"
@@ -184,7 +181,6 @@ _C.TEST.ENABLE = True
 _C.TEST.DATASET = "imagenet"
 _C.TEST.BATCH_SIZE = 8
 _C.TEST.CHECKPOINT_FILE_PATH = ""
-_C.TEST.CHECKPOINT_TYPE = "pytorch"
 
 _C.DATA_LOADER = CfgNode()
 _C.DATA_LOADER.NUM_WORKERS = 8
@@ -204,7 +200,6 @@ _C.LOG_PERIOD = 10
 # json_stats lines on the console: None = only when it is not a terminal (they always go to
 # OUTPUT_DIR/stdout.log); True / False to force.
 _C.LOG_JSON_TO_CONSOLE = None
-_C.LOG_MODEL_INFO = True
 _C.DIST_BACKEND = "nccl"
 
 

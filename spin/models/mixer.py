@@ -16,11 +16,11 @@ register_family(MlpMixer, "mixer")
 PRETRAINED_CFG = get_pretrained_cfg("mixer_s16_224").to_dict()  # timm's Mixer preprocessing
 
 
-def mlp_mixer(variant: str = "mixer_s16_224", **kwargs):
-    """timm's ``variant`` (``pretrained=False``) with its keywords overridden by ``kwargs``
-    (``img_size``, ``patch_size``, ``embed_dim``, ``num_blocks``, ``mlp_ratio``,
-    ``drop_path_rate``, ...), then shared when plan keywords or ``fusion`` are given."""
-    return create_timm(variant, **kwargs)
+def mlp_mixer(variant: str = "mixer_s16_224", **kwargs) -> MlpMixer:
+    """timm's MlpMixer as Mixer-S/16 (``variant`` names timm's pretrained cfg), its keywords
+    overridden by ``kwargs`` (``img_size``, ``patch_size``, ``embed_dim``, ``num_blocks``,
+    ``mlp_ratio``, ``drop_path_rate``, ...), shared when plan keywords or ``fusion`` are given."""
+    return create_timm(MlpMixer, variant, dict(patch_size=16, num_blocks=8, embed_dim=512), **kwargs)
 
 
 @register_shared_variants
@@ -31,5 +31,5 @@ def mixer_s16_224(**kwargs) -> MlpMixer:
 
 @register_shared_variants
 def mixer_b16_224(**kwargs) -> MlpMixer:
-    """Mixer-B/16 (59.9M parameters)."""
-    return mlp_mixer("mixer_b16_224", **kwargs)
+    """Mixer-B/16 (59.9M parameters; 76.4% published, ImageNet-1k)."""
+    return create_timm(MlpMixer, "mixer_b16_224", dict(patch_size=16, num_blocks=12, embed_dim=768), **kwargs)

@@ -84,14 +84,23 @@ def overlay_cfg(model: nn.Module, overlay: Optional[dict]) -> nn.Module:
     return model
 
 
-def create_timm(variant: str, **kwargs) -> nn.Module:
-    """timm's ``variant`` (never pretrained: nothing downloads) with its keywords overridden by
-    ``kwargs``, shared when plan keywords or ``fusion`` are given."""
-    import timm
+def create_timm(model_cls: type, variant: str, defaults: dict, **kwargs) -> nn.Module:
+    """timm's ``model_cls`` built as its ``variant`` (``defaults`` are that variant's keywords,
+    ``kwargs`` override them; never pretrained: nothing downloads), with timm's pretrained cfg
+    for the variant, shared when plan keywords or ``fusion`` are given."""
+    from timm.models import build_model_with_cfg
 
     plan_kwargs = split_plan_kwargs(kwargs)
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    features, out_indices = kwargs.pop("features_only", False), kwargs.pop("out_indices", 3)
     for k in ("pretrained", "pretrained_cfg", "cache_dir"):
         kwargs.pop(k, None)
-    model = timm.create_model(variant, pretrained=False, **kwargs)
-    return overlay_cfg(apply_sharing(model, plan_kwargs), overlay)
+    model = build_model_with_cfg(model_cls, variant, False, **{**defaults, **kwargs})
+    model = overlay_cfg(apply_sharing(model, plan_kwargs), overlay)
+    if features:  # timm's intermediate-feature getter, over the shared blocks as they are
+        from timm.models._features import FeatureGetterNet
+
+        cfg = model.pretrained_cfg
+        model = FeatureGetterNet(model, out_indices=out_indices, prune=False)
+        model.pretrained_cfg = model.default_cfg = cfg
+    return model

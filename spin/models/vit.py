@@ -19,17 +19,22 @@ register_family(VisionTransformer, "vit")
 PRETRAINED_CFG = get_pretrained_cfg("deit_small_patch16_224").to_dict()  # timm's DeiT preprocessing
 
 
-def vision_transformer(variant: str = "deit_small_patch16_224", **kwargs):
-    """timm's ``variant`` (``pretrained=False``) with its keywords overridden by ``kwargs``
-    (``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
-    ``drop_path_rate``, ...), then shared when plan keywords or ``fusion`` are given."""
-    return create_timm(variant, **kwargs)
+_DEIT = dict(patch_size=16, depth=12, mlp_ratio=4.0, qkv_bias=True)
+
+
+def vision_transformer(variant: str = "deit_small_patch16_224", **kwargs) -> VisionTransformer:
+    """timm's VisionTransformer as DeiT-S (``variant`` names timm's pretrained cfg), its keywords
+    overridden by ``kwargs`` (``img_size``, ``patch_size``, ``embed_dim``, ``depth``,
+    ``num_heads``, ``mlp_ratio``, ``drop_path_rate``, ...), shared when plan keywords or
+    ``fusion`` are given."""
+    return create_timm(VisionTransformer, variant, dict(_DEIT, embed_dim=384, num_heads=6), **kwargs)
 
 
 @register_shared_variants
 def deit_tiny_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT-Ti (5.7M parameters, 72.2% published by DeiT)."""
-    return vision_transformer("deit_tiny_patch16_224", **kwargs)
+    return create_timm(VisionTransformer, "deit_tiny_patch16_224", dict(_DEIT, embed_dim=192, num_heads=3),
+                       **kwargs)
 
 
 @register_shared_variants
@@ -41,4 +46,5 @@ def deit_small_patch16_224(**kwargs) -> VisionTransformer:
 @register_shared_variants
 def deit_base_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT-B (86.6M parameters, 81.8% published by DeiT)."""
-    return vision_transformer("deit_base_patch16_224", **kwargs)
+    return create_timm(VisionTransformer, "deit_base_patch16_224", dict(_DEIT, embed_dim=768, num_heads=12),
+                       **kwargs)
