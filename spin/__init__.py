@@ -1,5 +1,13 @@
-"""spin: sharing parameters across the layers of isotropic vision networks (SPIN, ECCV'22)."""
-from .sharing import SharingError, SharingPlan, build_plan
+"""spin: sharing parameters across the layers of isotropic vision networks (SPIN, ECCV'22).
 
-__version__ = "0.1.0"
-__all__ = ["SharingPlan", "SharingError", "build_plan", "__version__"]
+    import spin
+    wfws = spin.share(model, share_rate=2, fusion="mean")   # any model with a stack of blocks
+    ws = spin.fuse(wfws)                                     # its WS export
+"""
+from .sharing import SharingError, SharingPlan, build_plan
+from .transform import fuse, share, sharing_of, unique_parameters
+from . import models  # noqa: E402,F401  (registers the families' scopes and named builders)
+
+__version__ = "0.2.0"
+__all__ = ["share", "fuse", "unique_parameters", "sharing_of", "SharingPlan", "SharingError",
+           "build_plan", "models", "__version__"]

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .errors import SpinError
 from .models import SpinConvMixer, create_model
-from .share import unique_parameters
+from .transform import unique_parameters
 from .sharing import build_plan
 from .stats import count_macs
 

@@ -23,6 +23,9 @@ def parse(parser, argv: Sequence[str]):
     argv = list(argv)
     while i < len(argv):
         action = parser._option_string_actions.get(argv[i].split("=", 1)[0]) if argv[i].startswith("--") else None
+        if action is None and argv[i].startswith("--"):
+            raise ConfigError(f"unknown option {argv[i]}; see {parser.prog} --help (config keys are "
+                              f"given as KEY VALUE, without dashes)")
         if action is None:
             rest.append(argv[i])
             i += 1
@@ -219,6 +222,8 @@ def predict_main(argv: Sequence[str]):
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of the stored cfg")
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
+    if args.topk < 1:
+        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
     results = predict(args.checkpoint, args.images, args.opts, args.topk)
     for path, top in results:
         print(path)
@@ -240,12 +245,15 @@ COMMANDS = {"train": train_main, "test": test_main, "fuse": fuse_main, "stats": 
 
 def main(argv: Sequence[str] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: spin {" + "|".join(c for c in COMMANDS if c != "launch") + "} [--cfg FILE] [KEY VALUE ...]")
-        for name, fn in COMMANDS.items():
-            if name != "launch":
-                print(f"  {name:8s} {fn.__doc__.strip().splitlines()[0]}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    shown = [c for c in COMMANDS if c != "launch"]
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        report(ConfigError(f"unknown command {argv[0]!r}; commands: {', '.join(shown)} (spin --help)"))
+        return 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: spin {" + "|".join(shown) + "} [--cfg FILE] [KEY VALUE ...]")
+        for name in shown:
+            print(f"  {name:8s} {COMMANDS[name].__doc__.strip().splitlines()[0]}")
+        return 0 if argv else 2
     try:
         COMMANDS[argv[0]](argv[1:])
     except SpinError as e:

@@ -16,7 +16,7 @@ from .engine import checkpoint as cu
 from .engine.runfolder import atomic_write
 from .models import build_model
 from .models.factory import fusion_from_cfg, plan_section, plan_section_name
-from .share import fuse
+from .transform import fuse
 
 
 def _state_bytes(state: dict) -> int:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from .data import DataError, build_eval_transform, check_splits, prepare_digits
+from .data.folder import load_rgb
 from .engine import checkpoint as cu
 
 
@@ -36,11 +37,15 @@ def predict(checkpoint: str, images: Sequence[str], opts: Sequence[str] = (), to
     out = []
     for path in images:
         try:
-            with Image.open(path) as im:
-                x = transform(im.convert("RGB"))[None]
-        except (OSError, ValueError) as e:
+            x = transform(load_rgb(path))[None]
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {path!r}: {e}") from None
-        prob = model(x).softmax(-1)[0]
+        logits = model(x)
+        if not bool(torch.isfinite(logits).all()):
+            raise cu.CheckpointError(
+                f"{checkpoint} gives non-finite outputs (NaN/inf) for {path}: its weights or BatchNorm "
+                f"statistics are broken; use an earlier checkpoint of the run")
+        prob = logits.softmax(-1)[0]
         p, idx = prob.topk(min(topk, prob.numel()))
         out.append((path, [(names[i] if i < len(names) else str(i), float(v))
                            for v, i in zip(p.tolist(), idx.tolist())]))

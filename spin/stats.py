@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import check_cfg
 from .models import build_model, family, plan_section
-from .share import sharing_of, unique_parameters
+from .transform import sharing_of, unique_parameters
 from .sharing import DEFAULT_SCOPES
 
 COLUMNS = ["name", "model", "C/D/P/K", "arch", "sharing", "fusion", "rate", "distribution", "mapping",

@@ -15,7 +15,7 @@ from spin import SharingError, build_plan
 from spin.engine import checkpoint as cu
 from spin.fusion import FUSIONS
 from spin.models import ConvNeXtIsotropic, create_model
-from spin.share import bank_of, fuse, share, unique_parameters
+from spin.transform import bank_of, fuse, share, unique_parameters
 from spin.sharing import SCOPES
 
 TINY = {

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..config import check_cfg
 from ..data import DataError, build_dataset, build_loader
 from ..models import build_model
-from ..share import sharing_of, unique_parameters
+from ..transform import sharing_of, unique_parameters
 from . import checkpoint as cu
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .engine import evaluate, train_one_epoch

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch.nn as nn
 
 from ..fusion import parse_fusion
-from ..share import share
+from ..transform import share
 from ..sharing import SharingPlan, build_plan
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}

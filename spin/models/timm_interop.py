@@ -14,7 +14,7 @@ import sys
 import torch
 from timm.models.convmixer import ConvMixer
 
-from ..share import register_family
+from ..transform import register_family
 from .registry import get_builder, list_models
 
 register_family(ConvMixer, "convmixer")  # timm's layout: spin.share works on it directly

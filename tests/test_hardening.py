@@ -1,0 +1,368 @@
+"""Bad input of every kind ends in one ``spin: error:`` line, exit 2, no traceback and no file
+written; the run folder stays one run's and consistent (lock, config history, SIGKILL, divergence);
+the data walk survives symlink loops; tools refuse broken inputs."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_image_folder
+from spin.cli import main
+from spin.config import load_config
+from spin.data.folder import ImageFolder, load_rgb
+from spin.engine import checkpoint as cu
+from spin.engine.engine import NonFiniteLossError
+from spin.engine.optim import get_lr_at_epoch
+from spin.engine.trainer import SoftTargetLoss, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tests", "tiny-ws.yaml")
+DEIT_DIGITS = os.path.join(ROOT, "configs", "digits", "WS-DeiT-digits.yaml")
+
+
+def snapshot(root):
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out[p] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """An image folder, a trained tiny checkpoint, a vanilla checkpoint and odd files."""
+    tmp = tmp_path_factory.mktemp("world")
+    data = make_image_folder(tmp / "data", n_train=8, n_val=4)
+    empty = make_image_folder(tmp / "empty_class", n_train=4, n_val=2)
+    for split in ("train", "val"):
+        for f in os.listdir(os.path.join(empty, split, "b")):
+            os.remove(os.path.join(empty, split, "b", f))
+    ck = train(load_config([TINY], ["DATA.PATH_TO_DATA_DIR", data, "OUTPUT_DIR", str(tmp / "run"),
+                                    "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False"]))["checkpoint"]
+    files = {
+        "syntax.yaml": "TRAIN:\n  ENABLE: [True\n", "list.yaml": "- TRAIN\n- SOLVER\n", "scalar.yaml": "42\n",
+        "section.yaml": "TRAIN: 5\n", "binary.yaml": bytes(range(256)) * 4, "a_file": "not a folder\n",
+    }
+    paths = {k: write(tmp / k, v) for k, v in files.items()}
+    return dict(data=data, empty=empty, ck=ck, tmp=tmp, **paths)
+
+
+def base(w, out, *opts):
+    return ["--cfg", TINY, "DATA.PATH_TO_DATA_DIR", w["data"], "OUTPUT_DIR", str(out), *opts]
+
+
+# (command, extra args, expected fragment of the one error line). {x} are the world's paths.
+BAD = [
+    ("train", ["SOLVER.BASE_LR", "-0.1"], "SOLVER.BASE_LR must be a finite number >= 0"),
+    ("train", ["SOLVER.WEIGHT_DECAY", "-1.0"], "SOLVER.WEIGHT_DECAY must be"),
+    ("train", ["SOLVER.WARMUP_EPOCHS", "-2.0"], "SOLVER.WARMUP_EPOCHS must be >= 0"),
+    ("train", ["DATA_LOADER.NUM_WORKERS", "-1"], "DATA_LOADER.NUM_WORKERS must be >= 0"),
+    ("train", ["DATA.TRAIN_CROP_SIZE", "0"], "DATA.TRAIN_CROP_SIZE must be >= 1"),
+    ("train", ["NUM_GPUS", "-1"], "NUM_GPUS must be >= 0"),
+    ("train", ["TRAIN.EVAL_PERIOD", "0"], "TRAIN.EVAL_PERIOD must be >= 1"),
+    ("train", ["TRAIN.CHECKPOINT_PERIOD", "-3"], "TRAIN.CHECKPOINT_PERIOD must be >= 1"),
+    ("train", ["SOLVER.MAX_EPOCH", "0"], "SOLVER.MAX_EPOCH must be >= 1"),
+    ("train", ["SOLVER.OPTIMIZING_METHOD", "adamx"], "unknown SOLVER.OPTIMIZING_METHOD 'adamx'; allowed: adamw"),
+    ("train", ["SOLVER.LR_POLICY", "step"], "unknown SOLVER.LR_POLICY 'step'; allowed: onecycle"),
+    ("train", ["MODEL.LOSS_FUNC", "focal"], "unknown MODEL.LOSS_FUNC 'focal'"),
+    ("train", ["TRAIN.DATASET", "imagenet21k"], "unknown TRAIN.DATASET 'imagenet21k'"),
+    ("train", ["AUG.ENABLE", "True", "AUG.AA_TYPE", "rand-x9"], "AUG.AA_TYPE 'rand-x9'"),
+    ("train", ["AUG.ENABLE", "True", "AUG.RE_MODE", "blur"], "unknown AUG.RE_MODE 'blur'"),
+    ("train", ["AUG.INTERPOLATION", "lanczos"], "unknown AUG.INTERPOLATION 'lanczos'"),
+    ("train", ["MODEL.MODEL_NAME", "ResNet"], "unknown MODEL.MODEL_NAME 'ResNet'"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "median"], "REDUCTION_FN 'median'"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.SHARING_MAPPING", "zigzag"], "SHARING_MAPPING 'zigzag'"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.SCOPE", "bias"], "unknown sharing scope 'bias'"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.SCOPE", "attn"], "'attn' is not a part of the ConvMixer block"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.SHARE_RATE", "3"], "depth 4 divisible by the share rate 3"),
+    ("train", ["OUTPUT_DIR", "{a_file}"], "is a file, not a folder"),
+    ("train", ["OUTPUT_DIR", "{a_file}/sub"], "is not writable"),
+    ("train", ["TRAIN.ENABLE", "False", "TEST.ENABLE", "False"], "the job would do nothing"),
+    ("train", ["TRAIN.CHECKPOINT_FILE_PATH", "/nonexistent/ck.pyth"], "TRAIN.CHECKPOINT_FILE_PATH '/nonexistent"),
+    ("train", ["--cfg", "{syntax.yaml}"], "is not valid YAML at line 3, column 1"),
+    ("train", ["--cfg", "{list.yaml}"], "holds a list, not a mapping"),
+    ("train", ["--cfg", "{scalar.yaml}"], "holds a int, not a mapping"),
+    ("train", ["--cfg", "{section.yaml}"], "TRAIN is a section"),
+    ("train", ["--cfg", "{binary.yaml}"], "is not UTF-8 text"),
+    ("train", ["SOLVER.BASE_LRR", "1"], "did you mean SOLVER.BASE_LR?"),
+    ("train", ["TRAIN.BATCH_SIZE", "big"], "TRAIN.BATCH_SIZE must be a int"),
+    ("train", ["TRAIN.BATCH_SIZE", "10", "NUM_GPUS", "4"], "TRAIN.BATCH_SIZE 10 is not divisible by NUM_GPUS 4"),
+    ("train", ["DATA.PATH_TO_DATA_DIR", "/nonexistent/data"], "does not exist"),
+    ("train", ["DATA.PATH_TO_DATA_DIR", "{empty}"], "/train/b' holds no images"),
+    ("train", ["MIXUP.ENABLE", "True"], "set MODEL.LOSS_FUNC soft_cross_entropy"),
+    ("train", ["NUM_GPUS"], "KEY VALUE pairs"),
+    ("train", ["--frobnicate"], "--frobnicate"),
+    ("train", ["DATA.STD", "[0.0, 1.0, 1.0]"], "DATA.STD values must be > 0"),
+    ("train", ["MODEL.DROP_PATH_RATE", "1.5"], "MODEL.DROP_PATH_RATE must be in [0, 1)"),
+    ("train_deit", ["VIT.EMBED_DIM", "102"], "VIT.EMBED_DIM 102 is not divisible by VIT.NUM_HEADS 4"),
+    ("train_deit", ["WEIGHT_SHARE.SCOPE", "pointwise"], "'pointwise' is not a part of vit's blocks"),
+    ("train_deit", ["VIT.PATCH_SIZE", "5"], "DATA.TRAIN_CROP_SIZE 32 is not a multiple of VIT.PATCH_SIZE 5"),
+    ("train_deit", ["DATA.TEST_CROP_SIZE", "64"], "has a fixed input size"),
+    ("train", ["WEIGHT_SHARE.ENABLE", "True"], "reads its plan from CONVMIXER.WEIGHT_SHARE"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.ENABLE", "False", "TRAIN.CHECKPOINT_FILE_PATH", "{ck}", "TRAIN.AUTO_RESUME",
+               "False"], "does not match the model architecture"),
+    ("train", ["MODEL.NUM_CLASSES", "2"], "the data set has 4 classes"),
+    ("bench", ["--preset", "nope"], "unknown --preset nope"),
+    ("bench", ["--repeats", "0"], "--repeats must be >= 1"),
+    ("predict", ["--checkpoint", "/nonexistent.pyth", "x.png"], "does not exist"),
+    ("predict", ["--checkpoint", "{ck}", "--topk", "0", "x.png"], "--topk must be >= 1"),
+    ("fuse", ["TRAIN.CHECKPOINT_FILE_PATH", "{ck}"], "spin fuse needs the WFWS config"),
+    ("test", ["TEST.CHECKPOINT_FILE_PATH", ""], "no checkpoint to test"),
+    ("stats", ["--sweep", "SOLVER.NOPE", "1,2"], "unknown config key SOLVER.NOPE"),
+    ("nosuchcommand", [], "unknown command 'nosuchcommand'"),
+]
+
+
+@pytest.mark.parametrize("command,extra,needle", BAD, ids=[f"{c}-{'-'.join(e)[:40]}" for c, e, _ in BAD])
+def test_bad_input_is_one_error_line_and_writes_nothing(world, tmp_path, capsys, command, extra, needle):
+    for k, v in world.items():
+        extra = [e.replace("{" + k + "}", str(v)) for e in extra]
+    args = extra if command in ("bench", "predict", "nosuchcommand") else base(world, tmp_path / "out", *extra)
+    if command == "stats":
+        args = ["--cfg", TINY, *extra]
+    if command == "train_deit":
+        command, args = "train", ["--cfg", DEIT_DIGITS, "OUTPUT_DIR", str(tmp_path / "out"), *extra]
+    before, before_world = snapshot(tmp_path), snapshot(world["tmp"])
+    rc = main([command, *args])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [l for l in err.splitlines() if l.startswith("spin: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert needle in lines[0] or needle in err, err
+    assert snapshot(tmp_path) == before and snapshot(world["tmp"]) == before_world
+
+
+def test_every_problem_of_a_config_is_reported(tmp_path, capsys):
+    rc = main(["train", "--cfg", TINY, "SOLVER.BASE_LR", "-1.0", "TRAIN.EVAL_PERIOD", "0", "NUM_GPUS", "-2",
+               "OUTPUT_DIR", str(tmp_path / "o")])
+    lines = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(lines) == 3 and all(l.startswith("spin: error: ") for l in lines)
+
+
+def test_cli_exit_status_and_help_from_a_real_process():
+    p = subprocess.run([sys.executable, "-m", "spin.cli", "train", "--cfg", TINY, "SOLVER.MAX_EPOCH", "0"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip() == "spin: error: SOLVER.MAX_EPOCH must be >= 1, got 0"
+    p = subprocess.run([sys.executable, "-m", "spin.cli", "train", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("usage: spin train")
+
+
+@pytest.mark.parametrize("cmd", ["test", "fuse", "stats", "predict", "bench"])
+def test_subcommand_help_names_the_subcommand(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(f"usage: spin {cmd}")
+
+
+# ---------------------------------------------------------------- the run folder
+def test_second_run_on_a_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(world, tmp_path, capsys):
+    out = tmp_path / "o"
+    args = ["train", *base(world, out, "SOLVER.MAX_EPOCH", "30", "TEST.ENABLE", "False")]
+    p = subprocess.Popen([sys.executable, "-m", "spin.cli", *args], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 60
+        while not (out / ".spin.lock").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        rc = main(args)
+        err = capsys.readouterr().err
+        assert rc == 2 and f"is in use by process {p.pid}" in err and len(err.splitlines()) == 1
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert (out / ".spin.lock").exists()  # a killed run leaves its lock ...
+    train(load_config([TINY], base(world, out, "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False")[2:]))
+    assert not (out / ".spin.lock").exists()  # ... which the next run takes over
+    assert "took over the lock of a run that is gone" in (out / "stdout.log").read_text()
+
+
+def test_config_history_and_difference_on_resume(world, tmp_path):
+    out = tmp_path / "o"
+    train(load_config([TINY], base(world, out, "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False")[2:]))
+    first = (out / "config.yaml").read_text()
+    assert main(["train", *base(world, out, "SOLVER.MAX_EPOCH", "1", "SOLVER.BASE_LR", "-5.0")]) == 2
+    assert (out / "config.yaml").read_text() == first  # a rejected rerun changes nothing
+    train(load_config([TINY], base(world, out, "SOLVER.MAX_EPOCH", "2", "TEST.ENABLE", "False")[2:]))
+    history = os.listdir(out / "config_history")
+    assert len(history) == 1 and (out / "config_history" / history[0]).read_text() == first
+    log = (out / "stdout.log").read_text()
+    assert "-  MAX_EPOCH: 1" in log and "+  MAX_EPOCH: 2" in log
+
+
+def _epochs_in_metrics(out):
+    with open(out / "checkpoints" / "metrics.csv") as f:
+        return [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
+
+
+def test_sigkill_at_random_moments_leaves_a_consistent_folder(world, tmp_path):
+    args = ["--cfg", TINY, "DATA.PATH_TO_DATA_DIR", world["data"], "SOLVER.MAX_EPOCH", "12",
+            "TRAIN.CHECKPOINT_PERIOD", "2", "TRAIN.EVAL_PERIOD", "3", "TEST.ENABLE", "False", "LOG_PERIOD", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def run(out, kill_after=None):
+        cmd = [sys.executable, "-m", "spin.cli", "train", *args, "OUTPUT_DIR", str(out)]
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        if kill_after is None:
+            assert p.wait(timeout=300) == 0, p.stderr.read()
+            return None
+        log = out / "stdout.log"  # training has begun once the log has an iteration line
+        deadline = time.time() + 120
+        while p.poll() is None and time.time() < deadline and not (log.exists() and "train_iter" in log.read_text()):
+            time.sleep(0.01)
+        time.sleep(kill_after)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        return cu.latest_checkpoint(str(out))
+
+    run(tmp_path / "full")
+    ref = cu.load_checkpoint(str(tmp_path / "full" / "checkpoints" / "checkpoint_epoch_00012.pyth"))
+    rng = random.Random(0)
+    stopped_at = []
+    for trial in range(3):
+        out = tmp_path / f"killed{trial}"
+        for _ in range(2):  # killed twice at random moments of training, then run to the end
+            stopped_at.append(run(out, kill_after=rng.uniform(0.0, 0.8)))
+        run(out)
+        left = [f for _, _, files in os.walk(out) for f in files if f.startswith(".tmp_")]
+        assert not left and not (out / ".spin.lock").exists()
+        assert _epochs_in_metrics(out) == list(range(1, 13))
+        got = cu.load_checkpoint(str(out / "checkpoints" / "checkpoint_epoch_00012.pyth"))
+        for k, v in ref["model_state"].items():
+            assert torch.equal(v, got["model_state"][k]), (trial, k)
+    assert any(s is None or not s.endswith("00012.pyth") for s in stopped_at)  # kills landed mid-run
+
+
+def test_a_diverging_run_leaves_only_finite_checkpoints(world, tmp_path, monkeypatch):
+    import spin.engine.trainer as trainer
+
+    real = trainer.train_one_epoch
+
+    def poisoning(model, *a, **kw):  # epoch 2 ends with a NaN BatchNorm statistic
+        stats = real(model, *a, **kw)
+        if a[4] == 1:
+            next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(float("nan"))
+        return stats
+
+    monkeypatch.setattr(trainer, "train_one_epoch", poisoning)
+    out = tmp_path / "o"
+    opts = base(world, out, "SOLVER.MAX_EPOCH", "3", "TRAIN.EVAL_PERIOD", "5", "TEST.ENABLE", "False")[2:]
+    with pytest.raises(NonFiniteLossError, match="non-finite values after epoch 2.*running_var"):
+        train(load_config([TINY], opts))
+    assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint_epoch_00001.pyth", "metrics.csv"]
+    with pytest.raises(NonFiniteLossError, match="evaluation produced non-finite logits"):
+        train(load_config([TINY], opts[:-4] + ["TRAIN.EVAL_PERIOD", "1"]))  # resumes at 1; eval catches it
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    res = train(load_config([TINY], opts))
+    assert res["start_epoch"] == 1 and all(
+        bool(torch.isfinite(t).all()) for t in cu.load_checkpoint(res["checkpoint"])["model_state"].values()
+        if t.is_floating_point())
+
+
+def test_non_finite_checkpoint_is_refused_by_predict_test_and_resume(world, tmp_path, capsys):
+    ck = cu.load_checkpoint(world["ck"])
+    ck["model_state"]["head.fc.bias"] = torch.full_like(ck["model_state"]["head.fc.bias"], float("nan"))
+    bad = str(tmp_path / "nan.pyth")
+    torch.save(ck, bad)
+    img = os.path.join(world["data"], "val", "a", "000.png")
+    assert main(["predict", "--checkpoint", bad, img]) == 2
+    assert "gives non-finite outputs" in capsys.readouterr().err
+    assert main(["test", "TEST.CHECKPOINT_FILE_PATH", bad, "DATA.PATH_TO_DATA_DIR", world["data"],
+                 "OUTPUT_DIR", str(tmp_path / "t")]) == 2
+    assert "evaluation produced non-finite logits" in capsys.readouterr().err
+    assert main(["train", *base(world, tmp_path / "r", "TRAIN.CHECKPOINT_FILE_PATH", bad)]) == 2
+    assert "holds non-finite weights (head.fc.bias)" in capsys.readouterr().err
+
+
+def test_checkpoints_respect_the_umask(world, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = cu.save_checkpoint(str(tmp_path / "c.pyth"), torch.nn.Linear(2, 2), 0)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------- data
+def test_symlinks_neither_loop_nor_relabel(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=("a", "b", "c"), n_train=3, n_val=1)
+    train_dir = os.path.join(root, "train")
+    os.symlink(os.path.join(train_dir, "a"), os.path.join(train_dir, "a", "loop"))  # a/loop -> a
+    os.symlink(train_dir, os.path.join(train_dir, "b", "up"))  # b/up -> train (all classes)
+    os.symlink(os.path.join(train_dir, "a"), os.path.join(train_dir, "c", "other"))  # c/other -> a
+    os.makedirs(os.path.join(tmp_path, "extra"))
+    Image.new("RGB", (8, 8)).save(os.path.join(tmp_path, "extra", "x.png"))
+    os.symlink(os.path.join(tmp_path, "extra"), os.path.join(train_dir, "c", "more"))  # outside: c's own
+    ds = ImageFolder(root, "train")
+    labels = {}
+    for path, t in ds.samples:
+        labels.setdefault(os.path.realpath(path), set()).add(t)
+    assert all(len(v) == 1 for v in labels.values()) and len(labels) == len(ds.samples) == 10
+    assert np.bincount(ds.targets).tolist() == [3, 3, 4]
+
+
+def test_16_bit_images_are_scaled_and_bombs_skipped(tmp_path, monkeypatch):
+    a = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 0 .. 64512
+    Image.fromarray(a, mode="I;16").save(tmp_path / "deep.png")
+    got = np.asarray(load_rgb(str(tmp_path / "deep.png")))[..., 0]
+    assert got.max() == round(64512 * 255 / 65535) and got.min() == 0 and len(np.unique(got)) == 64
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over 2x the limit
+    with pytest.raises(Image.DecompressionBombError):
+        load_rgb(str(tmp_path / "big.png"))
+
+
+# ---------------------------------------------------------------- honest options
+def test_loss_func_is_honoured():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    target = torch.tensor([0])
+    p = torch.log_softmax(logits, -1)[0]
+    smooth = 0.3  # on-target 1 - 0.3 + 0.1, others 0.1
+    expected = -(0.8 * p[0] + 0.1 * p[1] + 0.1 * p[2])
+    torch.testing.assert_close(SoftTargetLoss(smooth)(logits, target), expected)
+    soft = torch.tensor([[0.5, 0.5, 0.0]])
+    torch.testing.assert_close(SoftTargetLoss(smooth)(logits, soft), -(0.5 * p[0] + 0.5 * p[1]))
+
+
+def test_shard_scaling_covers_warmup_start_and_cosine_end():
+    cfg = load_config(opts=["SOLVER.BASE_LR", "0.1", "SOLVER.WARMUP_START_LR", "0.01", "SOLVER.COSINE_END_LR",
+                            "0.001", "SOLVER.WARMUP_EPOCHS", "2.0", "SOLVER.MAX_EPOCH", "10", "NUM_SHARDS", "4",
+                            "SOLVER.BASE_LR_SCALE_NUM_SHARDS", "True", "SOLVER.LR_POLICY", "cosine"])
+    assert get_lr_at_epoch(cfg, 0.0) == pytest.approx(0.04)
+    assert get_lr_at_epoch(cfg, 10.0) == pytest.approx(0.004)
+    assert get_lr_at_epoch(cfg, 5.0) == pytest.approx(0.004 + (0.4 - 0.004) / 2)
+
+
+# ---------------------------------------------------------------- the GPU check's CPU path
+def test_gpu_check_script_runs_its_cpu_path(tmp_path):
+    script = os.path.join(ROOT, "bench", "gpu-check.sh")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PY=sys.executable,
+               SPIN=os.path.join(os.path.dirname(sys.executable), "spin"))
+    dry = subprocess.run(["bash", script, "--dry-run"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert dry.returncode == 0 and "== bench:" in dry.stdout and "== ddp_nccl:" in dry.stdout
+    assert "TRAIN.COMPILE True" in dry.stdout and "--compile" in dry.stdout
+    out = tmp_path / "gpu"
+    p = subprocess.run(["bash", script, "--cpu", "--out", str(out)], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    steps = dict(line.split()[:2] for line in (out / "steps.txt").read_text().splitlines())
+    assert steps == {"bench": "0", "train_amp": "0", "train_amp_compile": "0", "ddp_gloo": "0"}
+    summary = (out / "summary.md").read_text()
+    assert "| tiny-cpu | spin_ws |" in summary and "| deit_tiny-cpu | spin_wfws |" in summary
+    assert "| train_amp |" in summary and "| ddp_gloo |" in summary
+    assert json.loads((out / "bench" / "deit_tiny-cpu.json").read_text())["models"]["timm"]["train_img_s"] > 0
