@@ -232,6 +232,27 @@ def predict_main(argv: Sequence[str]):
     return results
 
 
+def plot_main(argv: Sequence[str]):
+    """spin plot RUN_DIR [RUN_DIR ...] [--out FILE.png]: training curves of runs, one colour each."""
+    from .engine.curves import plot_runs
+
+    p = ArgumentParser(prog="spin plot", description=plot_main.__doc__)
+    p.add_argument("runs", nargs="+", help="run folders (OUTPUT_DIR of spin train)")
+    p.add_argument("--out", default="", help="PNG to write (default: RUN_DIR/curves.png for one run, "
+                                             "curves.png here for several)")
+    p.add_argument("--labels", default="", help="comma list of legend labels (default: folder names)")
+    args = p.parse_args(argv)
+    if args.out and not args.out.lower().endswith(".png"):
+        raise ConfigError(f"--out {args.out!r} must name a .png file")
+    out = args.out or (os.path.join(args.runs[0], "curves.png") if len(args.runs) == 1 else "curves.png")
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    if labels and len(labels) != len(args.runs):
+        raise ConfigError(f"--labels has {len(labels)} entries for {len(args.runs)} runs; give one per run")
+    shown = plot_runs(args.runs, out, labels)
+    print(f"{out}: {', '.join(shown)}")
+    return out
+
+
 def bench_main(argv: Sequence[str]):
     """spin bench [--preset imagenet,cifar] [--device cuda --amp bf16]: throughput vs timm."""
     from .bench import main as bench
@@ -240,7 +261,7 @@ def bench_main(argv: Sequence[str]):
 
 
 COMMANDS = {"train": train_main, "test": test_main, "fuse": fuse_main, "stats": stats_main,
-            "predict": predict_main, "bench": bench_main, "launch": launch_main}
+            "predict": predict_main, "plot": plot_main, "bench": bench_main, "launch": launch_main}
 
 
 def main(argv: Sequence[str] = None) -> int:

@@ -21,6 +21,7 @@ from ..models import build_model
 from ..transform import sharing_of, unique_parameters
 from . import checkpoint as cu
 from .distributed import DistInfo, all_reduce_sum, barrier
+from .curves import plot_runs
 from .engine import evaluate, train_one_epoch
 from .logging import MetricsCSV, TensorBoard, format_eta, log_epoch, log_json_stats, memory_gb, setup_logging
 from .optim import construct_optimizer, get_lr_at_epoch
@@ -113,6 +114,14 @@ def _val_loader(cfg, val_set, info: DistInfo):
 def _reduce(info: DistInfo):
     """Sums evaluation counts over ranks (each evaluates a disjoint shard)."""
     return (lambda v: all_reduce_sum(v, info.device)) if info.distributed else None
+
+
+def _plot_curves(output_dir: str, log) -> None:
+    """OUTPUT_DIR/curves.png, atomically; a failure to draw is reported, never fatal to the run."""
+    try:
+        plot_runs([output_dir], os.path.join(output_dir, "curves.png"))
+    except Exception as e:  # noqa: BLE001  (a picture must not stop a 300-epoch run)
+        log.warning(f"could not draw curves.png: {type(e).__name__}: {e}")
 
 
 def train(cfg, info: Optional[DistInfo] = None) -> dict:
@@ -216,6 +225,8 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
                 barrier()
             if info.is_master:
                 log_epoch(record, max_epoch, csv, tb)
+                if "val_top1_err" in record:  # at each evaluation and at the end
+                    _plot_curves(cfg.OUTPUT_DIR, log)
         if start_epoch >= max_epoch:  # already trained (e.g. run.sh again): report, do not retrain
             log.info(f"{last_ck} already finished SOLVER.MAX_EPOCH {max_epoch}; evaluating it "
                      f"(raise MAX_EPOCH or change OUTPUT_DIR to train more)")
