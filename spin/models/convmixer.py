@@ -25,8 +25,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
 
 from ..fusion import coefficient_shape, fuse_sets, parse_fusion
-from ..transform import register_family
-from ..sharing import SCOPES, SharingError, SharingPlan, build_plan, parse_scope
+from ..sharing import SCOPES, SharingError, SharingPlan, parse_scope
 from .registry import overlay_cfg, register_model, resolve_plan, split_plan_kwargs
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}

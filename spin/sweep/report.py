@@ -1,0 +1,218 @@
+"""A sweep's results, rebuilt from its run folders alone (every DIR/<group>/<trial>/sweep_trial.json):
+
+* results.csv — one row per trial: group, trial, grid values, seed, kind (vanilla/WS/WFWS),
+  parameters, unique parameters, GMACs, final and best val top-1/top-5, epochs, train time, status;
+* summary.md — per group, mean ± std over seeds for every grid point, sorted by final top-1;
+* accuracy_vs_params.png — final top-1 (mean ± std) against unique parameters, one colour per kind;
+* <group>_<KEY>.png — top-1 against each grid key, one line per combination of the other keys.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import statistics
+from collections import defaultdict
+from typing import Optional
+
+from ..config import load_config
+from ..engine.curves import read_metrics
+from ..engine.runfolder import RunFolderError, atomic_write
+from ..errors import SpinError
+from .run import STATUS, read_status
+
+FIELDS = ["group", "trial", "seed", "kind", "params", "unique_params", "gmacs", "final_top1", "best_top1",
+          "final_top5", "best_top5", "epochs", "max_epoch", "train_time_s", "status", "error"]
+
+
+def _describe(cfg_files, opts, cache: dict) -> dict:
+    from ..stats import describe
+
+    arch_opts = []  # the seed, folder and starting weights do not change the architecture
+    for k, v in zip(opts[::2], opts[1::2]):
+        if k not in ("RNG_SEED", "OUTPUT_DIR", "TRAIN.CHECKPOINT_FILE_PATH"):
+            arch_opts += [k, v]
+    key = (tuple(cfg_files), tuple(arch_opts))
+    if key not in cache:
+        try:
+            row = describe(load_config(list(cfg_files), arch_opts))
+            kind = "vanilla" if row["sharing"] == "no" and row["fusion"] == "no" else (
+                "WFWS" if row["fusion"] != "no" else "WS")
+            cache[key] = {"params": row["params"], "unique_params": row["unique params"],
+                          "gmacs": round(row["GMACs"], 6), "kind": kind}
+        except SpinError:
+            cache[key] = {}
+        cache[key]["max_epoch"] = _max_epoch(cfg_files, arch_opts)
+    return cache[key]
+
+
+def _max_epoch(cfg_files, opts) -> Optional[int]:
+    try:
+        return load_config(list(cfg_files), opts).SOLVER.MAX_EPOCH
+    except SpinError:
+        return None
+
+
+def collect(out: str) -> tuple[list[dict], list[str]]:
+    """(rows, grid keys) of every trial under ``out``, ordered by group, trial, seed."""
+    paths = sorted(glob.glob(os.path.join(out, "*", "*", STATUS)))
+    if not paths:
+        raise RunFolderError(f"{out!r} holds no sweep trials (no */*/{STATUS}); give the --out of spin sweep")
+    rows, keys, cache = [], [], {}
+    for path in paths:
+        st = read_status(os.path.dirname(path))
+        values = st.get("values", {})
+        keys += [k for k in values if k not in keys and k != "trial"]
+        row = {"group": st.get("group"), "trial": st.get("name"), "seed": st.get("seed"),
+               "status": st.get("status", "pending"), "error": st.get("error", ""),
+               **{k: v for k, v in values.items() if k != "trial"}}
+        row.update(_describe(st.get("cfg_files", []), st.get("opts", []), cache))
+        try:
+            metrics = read_metrics(os.path.dirname(path))
+        except SpinError:
+            metrics = []
+        evals = [m for m in metrics if m.get("val_top1_err") is not None]
+        if evals:
+            row.update(final_top1=round(100 - evals[-1]["val_top1_err"], 4),
+                       best_top1=round(100 - min(m["val_top1_err"] for m in evals), 4),
+                       final_top5=round(100 - evals[-1]["val_top5_err"], 4),
+                       best_top5=round(100 - min(m["val_top5_err"] for m in evals), 4))
+        row["epochs"] = int(metrics[-1]["epoch"]) if metrics else 0
+        row["train_time_s"] = round(sum(m.get("train_time") or 0 for m in metrics), 2)
+        if row["status"] == "done" and row.get("max_epoch") and row["epochs"] < row["max_epoch"]:
+            row["status"] = "incomplete"
+        rows.append(row)
+    rows.sort(key=lambda r: (str(r["group"]), str(r["trial"]), r["seed"] or 0))
+    return rows, keys
+
+
+def _mean_std(xs: list) -> tuple[Optional[float], Optional[float]]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One entry per (group, trial): mean ± std over seeds of the finished trials."""
+    points = defaultdict(list)
+    for r in rows:
+        points[(r["group"], r["trial"])].append(r)
+    out = []
+    for (group, trial), rs in points.items():
+        done = [r for r in rs if r["status"] == "done"]
+        m1, s1 = _mean_std([r.get("final_top1") for r in done])
+        mb, sb = _mean_std([r.get("best_top1") for r in done])
+        out.append({"group": group, "trial": trial, "n": len(done), "of": len(rs), "kind": rs[0].get("kind", ""),
+                    "final_mean": m1, "final_std": s1, "best_mean": mb, "best_std": sb,
+                    "unique_params": rs[0].get("unique_params"), "params": rs[0].get("params"),
+                    "gmacs": rs[0].get("gmacs"), "rows": rs})
+    out.sort(key=lambda p: (str(p["group"]), -(p["final_mean"] if p["final_mean"] is not None else -1)))
+    return out
+
+
+def _pm(m, s) -> str:
+    return "-" if m is None else f"{m:.2f} ± {s:.2f}"
+
+
+def summary_markdown(points: list[dict]) -> str:
+    lines = ["Final and best val top-1 (%), mean ± std over seeds (n = finished seeds of all); sorted by "
+             "final top-1 within each group. Differences inside the seed spread are ties.", ""]
+    for group in dict.fromkeys(p["group"] for p in points):
+        lines += [f"## {group}", "", "| trial | kind | unique params | GMACs | final top-1 | best top-1 | n |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in (q for q in points if q["group"] == group):
+            up = f"{p['unique_params']:,}" if isinstance(p["unique_params"], int) else "-"
+            gm = f"{p['gmacs']:.4f}" if isinstance(p["gmacs"], float) else "-"
+            lines.append(f"| {p['trial']} | {p['kind']} | {up} | {gm} | {_pm(p['final_mean'], p['final_std'])} | "
+                         f"{_pm(p['best_mean'], p['best_std'])} | {p['n']}/{p['of']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _png(fig, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def plot_accuracy_vs_params(points: list[dict], path: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5.5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    colors = {"vanilla": "tab:blue", "WS": "tab:orange", "WFWS": "tab:green"}
+    shown = set()
+    for p in points:
+        if p["final_mean"] is None or not p["unique_params"]:
+            continue
+        kind = p["kind"] or "?"
+        ax.errorbar(p["unique_params"], p["final_mean"], yerr=p["final_std"], fmt="o", capsize=3,
+                    color=colors.get(kind, "tab:gray"), label=kind if kind not in shown else None)
+        shown.add(kind)
+        ax.annotate(f"{p['group']}/{p['trial']}", (p["unique_params"], p["final_mean"]), fontsize=6,
+                    xytext=(3, 2), textcoords="offset points", alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("unique parameters")
+    ax.set_ylabel("final val top-1 (%), mean ± std over seeds")
+    ax.set_title("accuracy against unique parameters")
+    ax.grid(alpha=0.3)
+    if shown:
+        ax.legend()
+    _png(fig, path)
+
+
+def plot_per_key(rows: list[dict], keys: list[str], out: str) -> list[str]:
+    """<group>_<KEY>.png: mean ± std final top-1 against each grid key of each group."""
+    from matplotlib.figure import Figure
+
+    written = []
+    for group in dict.fromkeys(r["group"] for r in rows):
+        rs = [r for r in rows if r["group"] == group and r["status"] == "done" and r.get("final_top1") is not None]
+        gkeys = [k for k in keys if any(k in r for r in rs)]
+        for key in gkeys:
+            others = [k for k in gkeys if k != key]
+            xs = list(dict.fromkeys(str(r[key]) for r in rs))
+            series = defaultdict(lambda: defaultdict(list))
+            for r in rs:
+                label = ", ".join(f"{k.split('.')[-1]}={r[k]}" for k in others) or "top-1"
+                series[label][str(r[key])].append(r["final_top1"])
+            fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
+            ax = fig.subplots()
+            for label, by_x in series.items():
+                px = [x for x in xs if by_x.get(x)]
+                ms = [_mean_std(by_x[x]) for x in px]
+                ax.errorbar([xs.index(x) for x in px], [m for m, _ in ms], yerr=[s for _, s in ms], marker="o",
+                            capsize=3, label=label)
+            ax.set_xticks(range(len(xs)), xs, rotation=20)
+            ax.set_xlabel(key)
+            ax.set_ylabel("final val top-1 (%)")
+            ax.set_title(f"{group}: top-1 by {key.split('.')[-1]}")
+            ax.grid(alpha=0.3)
+            if len(series) > 1:
+                ax.legend(fontsize="small")
+            path = os.path.join(out, f"{group}_{key.split('.')[-1]}.png")
+            _png(fig, path)
+            written.append(path)
+    return written
+
+
+def write_report(out: str) -> dict:
+    """results.csv, summary.md and the plots in ``out``; returns their paths and the points."""
+    rows, keys = collect(out)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS[:3] + keys + FIELDS[3:], extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(os.path.join(out, "results.csv"), lambda f: f.write(buf.getvalue().encode()))
+    points = summarize(rows)
+    atomic_write(os.path.join(out, "summary.md"), lambda f: f.write(summary_markdown(points).encode()))
+    plot_accuracy_vs_params(points, os.path.join(out, "accuracy_vs_params.png"))
+    plots = plot_per_key(rows, keys, out)
+    text = json.dumps([{k: v for k, v in p.items() if k != "rows"} for p in points], indent=1)
+    atomic_write(os.path.join(out, "summary.json"), lambda f: f.write(text.encode()))
+    return {"rows": rows, "points": points, "plots": [os.path.join(out, "accuracy_vs_params.png")] + plots}

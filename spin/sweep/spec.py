@@ -1,0 +1,222 @@
+"""What a sweep is: named groups of trials, each trial a normal ``spin train`` run.
+
+From the command line (one group, named ``grid``)::
+
+    spin sweep --cfg BASE.yaml --grid KEY V1,V2 [--grid KEY2 W1,W2] [--seeds 3] --out DIR [KEY VALUE ...]
+
+or from a sweep file (several groups, e.g. one per ablation; paths relative to the file)::
+
+    base: ../configs/mnist/ConvMixer-study.yaml     # or a list of files, merged in order
+    opts: [SOLVER.MAX_EPOCH, 8]                      # every trial
+    seeds: 3
+    groups:
+      scope:                                         # a grid: the cartesian product of its values
+        opts: [CONVMIXER.WEIGHT_SHARE.ENABLE, True, CONVMIXER.WEIGHT_SHARE.SHARE_RATE, 2]
+        grid:
+          CONVMIXER.WEIGHT_SHARE.SCOPE: [pointwise, depthwise, both, norm]
+      fusion:                                        # or named trials
+        trials:
+          vanilla: [CONVMIXER.WEIGHT_SHARE.ENABLE, False]
+          wfws-mean:
+            parent: vanilla                          # starts from its final checkpoint (same seed)
+            opts: [CONVMIXER.WEIGHT_SHARE.ENABLE, True, CONVMIXER.WEIGHT_SHARE.REDUCTION_FN, mean]
+
+Trials are the product x seeds (``RNG_SEED`` 0..seeds-1); trial ``name`` of group ``g`` with seed
+``k`` trains in DIR/g/name-s<k>. A grid trial is named from its values (``SCOPE=both``). A child
+gets its parent's final checkpoint as TRAIN.CHECKPOINT_FILE_PATH with CHECKPOINT_EPOCH_RESET and
+waits for it; a parent is named ``trial`` (same group) or ``group/trial``.
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import yaml
+from yacs.config import CfgNode
+
+from ..config import ConfigError, get_cfg, load_config
+from ..config.parser import all_keys
+from ..engine.checkpoint import checkpoint_path
+
+
+class SweepError(ConfigError):
+    """A sweep file or grid that cannot be expanded into trials."""
+
+
+@dataclass
+class Trial:
+    group: str
+    name: str
+    seed: int
+    cfg_files: list
+    opts: list                      # KEY VALUE overrides, the grid values and RNG_SEED included
+    values: dict = field(default_factory=dict)  # the grid values (or the trial's own name)
+    parent: Optional[str] = None    # "group/name" of the parent (same seed)
+    out: str = ""
+    start_from: str = ""            # the parent's final checkpoint
+
+    @property
+    def run_opts(self) -> list:
+        """The overrides the trial runs with: its own, then its parent's final checkpoint."""
+        extra = ["TRAIN.CHECKPOINT_FILE_PATH", self.start_from, "TRAIN.CHECKPOINT_EPOCH_RESET", "True"]
+        return self.opts + (extra if self.start_from else [])
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}/{self.name}-s{self.seed}"
+
+    @property
+    def parent_key(self) -> Optional[str]:
+        return f"{self.parent}-s{self.seed}" if self.parent else None
+
+
+def _short(key: str) -> str:
+    return key.split(".")[-1]
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_") or "x"
+
+
+def parse_values(text: str) -> list:
+    """'a,b,c' -> ['a', 'b', 'c']; a YAML list ('[[0,1],[1,0]]', '[1, 2]') -> its items."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SweepError(f"grid values {text!r} are not a valid YAML list ({e})") from None
+        if not isinstance(values, list):
+            raise SweepError(f"grid values {text!r} must be a list")
+        return values
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise SweepError(f"empty grid values {text!r}; give V1,V2,...")
+    return values
+
+
+def _as_opt(value) -> str:
+    """A YAML value as the command line gives it (yacs evaluates it as a Python literal)."""
+    return value if isinstance(value, str) else repr(value) if not isinstance(value, (list, tuple)) \
+        else "[" + ", ".join(_as_opt(v) if not isinstance(v, str) else repr(v) for v in value) + "]"
+
+
+def _opts(x, where: str) -> list:
+    if x is None:
+        return []
+    if not isinstance(x, list) or len(x) % 2:
+        raise SweepError(f"{where}: opts must be a list of KEY, VALUE pairs, got {x!r}")
+    return [_as_opt(v) for v in x]
+
+
+def _check_key(key: str, where: str) -> None:
+    node = get_cfg()
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            close = difflib.get_close_matches(key, all_keys(get_cfg()), n=1, cutoff=0.6)
+            raise SweepError(f"unknown config key {key} in {where}"
+                             + (f"; did you mean {close[0]}?" if close else ""))
+        node = node[part]
+
+
+def grid_trials(group: str, cfg_files: list, opts: list, grid: dict, seeds: int) -> list[Trial]:
+    if not grid:
+        raise SweepError(f"group {group!r} has an empty grid; give KEY: [values]")
+    for key in grid:
+        _check_key(key, f"the grid of group {group!r}")
+    keys = list(grid)
+    trials = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        name = _safe("_".join(f"{_short(k)}={_as_opt(v).replace(' ', '')}" for k, v in values.items()))
+        extra = [x for k, v in values.items() for x in (k, _as_opt(v))]
+        trials += [Trial(group, name, s, cfg_files, opts + extra + ["RNG_SEED", str(s)], values)
+                   for s in range(seeds)]
+    return trials
+
+
+def load_sweep_file(path: str) -> tuple[dict, list[Trial]]:
+    """Read a sweep file; returns (its settings, the trials without output folders)."""
+    if not os.path.isfile(path):
+        raise SweepError(f"sweep file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            spec = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SweepError(f"sweep file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("groups"), dict) or not spec["groups"]:
+        raise SweepError(f"sweep file {path} needs 'groups:' with at least one group (see spin sweep --help)")
+    unknown = set(spec) - {"base", "opts", "seeds", "groups", "description"}
+    if unknown:
+        raise SweepError(f"sweep file {path}: unknown entries {sorted(unknown)}; allowed: base, opts, seeds, "
+                         f"groups, description")
+    here = os.path.dirname(os.path.abspath(path))
+    base = spec.get("base") or []
+    base = [base] if isinstance(base, str) else list(base)
+    cfg_files = [b if os.path.isabs(b) else os.path.normpath(os.path.join(here, b)) for b in base]
+    seeds = spec.get("seeds", 1)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise SweepError(f"sweep file {path}: seeds must be an integer >= 1, got {seeds!r}")
+    common = _opts(spec.get("opts"), f"{path} opts")
+    trials: list[Trial] = []
+    for group, g in spec["groups"].items():
+        if not isinstance(g, dict) or ("grid" in g) == ("trials" in g):
+            raise SweepError(f"group {group!r} needs exactly one of 'grid:' or 'trials:'")
+        opts = common + _opts(g.get("opts"), f"group {group} opts")
+        if "grid" in g:
+            grid = {k: (v if isinstance(v, list) else [v]) for k, v in (g["grid"] or {}).items()}
+            trials += grid_trials(group, cfg_files, opts, grid, seeds)
+            continue
+        for name, t in (g["trials"] or {}).items():
+            t = {"opts": t} if isinstance(t, list) or t is None else t
+            if not isinstance(t, dict) or set(t) - {"opts", "parent"}:
+                raise SweepError(f"trial {group}/{name}: give a list of KEY, VALUE pairs or "
+                                 f"{{opts: [...], parent: name}}")
+            parent = t.get("parent")
+            if parent and "/" not in parent:
+                parent = f"{group}/{parent}"
+            extra = _opts(t.get("opts"), f"trial {group}/{name}")
+            trials += [Trial(group, _safe(str(name)), s, cfg_files, opts + extra + ["RNG_SEED", str(s)],
+                             {"trial": str(name)}, parent) for s in range(seeds)]
+    return {"seeds": seeds, "cfg_files": cfg_files, "description": spec.get("description", "")}, trials
+
+
+def finalize(trials: list[Trial], out: str) -> list[Trial]:
+    """Output folders; parents resolved to their final checkpoints and ordered first; every
+    trial's config loaded and checked (a broken trial is returned with its error, not raised)."""
+    by_key = {t.key: t for t in trials}
+    if len(by_key) != len(trials):
+        raise SweepError("two trials share a name; give distinct trial names / grid values")
+    for t in trials:
+        t.out = os.path.join(out, t.group, f"{t.name}-s{t.seed}")
+    for t in trials:
+        if t.parent:
+            parent = by_key.get(t.parent_key)
+            if parent is None:
+                raise SweepError(f"trial {t.key} names parent {t.parent!r}, which is not a trial of this sweep")
+            try:
+                epochs = load_config(parent.cfg_files, parent.opts).SOLVER.MAX_EPOCH
+            except ConfigError:  # the parent itself is broken: it fails, and so will this trial
+                epochs = 1
+            t.start_from = checkpoint_path(parent.out, epochs - 1)
+    ordered, seen = [], set()
+
+    def visit(t, chain=()):
+        if t.key in chain:
+            raise SweepError(f"trials {' -> '.join(chain + (t.key,))} form a cycle of parents")
+        if t.key in seen:
+            return
+        if t.parent:
+            visit(by_key[t.parent_key], chain + (t.key,))
+        seen.add(t.key)
+        ordered.append(t)
+
+    for t in trials:
+        visit(t)
+    for t in ordered:
+        t.opts = t.opts + ["OUTPUT_DIR", t.out]
+    return ordered

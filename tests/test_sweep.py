@@ -1,0 +1,179 @@
+"""spin sweep: real trials through the local executor, reruns, Ctrl-C, failing trials, parents,
+the SLURM submission, and the report rebuilt from run folders."""
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import make_image_folder
+from spin.cli import main
+from spin.sweep import finalize, grid_trials
+from spin.sweep.run import make_executor, read_status, submit_trials
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tests", "tiny-ws.yaml")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("sweep") / "data", n_train=6, n_val=3)
+
+
+def common(data, epochs=2):
+    return ["DATA.PATH_TO_DATA_DIR", data, "SOLVER.MAX_EPOCH", str(epochs), "TEST.ENABLE", "False"]
+
+
+def rows(out):
+    with open(os.path.join(out, "results.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def statuses(out):
+    found = {}
+    for group in os.listdir(out):
+        if os.path.isdir(os.path.join(out, group)) and not group.startswith("."):
+            for trial in os.listdir(os.path.join(out, group)):
+                found[f"{group}/{trial}"] = read_status(os.path.join(out, group, trial))
+    return found
+
+
+def test_grid_by_seeds_rerun_and_report(data, tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    argv = ["sweep", "--cfg", TINY, "--grid", "CONVMIXER.WEIGHT_SHARE.SHARE_RATE", "1,2", "--grid",
+            "CONVMIXER.WEIGHT_SHARE.SCOPE", "pointwise,both", "--seeds", "2", "--out", out, "--jobs", "2",
+            *common(data)]
+    assert main(argv) == 0
+    assert "8/8 trials done" in capsys.readouterr().out
+    table = rows(out)
+    assert len(table) == 8 and {r["status"] for r in table} == {"done"}
+    rate, scope = "CONVMIXER.WEIGHT_SHARE.SHARE_RATE", "CONVMIXER.WEIGHT_SHARE.SCOPE"
+    assert {(r[rate], r[scope], r["seed"]) for r in table} == {
+        (a, b, c) for a in ("1", "2") for b in ("pointwise", "both") for c in ("0", "1")}
+    ws_both = [r for r in table if r[rate] == "2" and r[scope] == "both"]
+    assert {r["unique_params"] for r in ws_both} == {"5028"} and ws_both[0]["kind"] == "WS"
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    for point in summary:
+        mine = [float(r["final_top1"]) for r in table if r["trial"] == point["trial"]]
+        assert point["n"] == 2 and point["final_mean"] == pytest.approx(statistics.fmean(mine))
+        assert point["final_std"] == pytest.approx(statistics.stdev(mine))
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "| SHARE_RATE=2_SCOPE=both | WS | 5,028 |" in md
+    for png in ("accuracy_vs_params.png", "grid_SHARE_RATE.png", "grid_SCOPE.png"):
+        with Image.open(os.path.join(out, png)) as im:
+            im.verify()
+    before = {k: v["attempts"] for k, v in statuses(out).items()}
+    report = {f: open(os.path.join(out, f), "rb").read() for f in ("results.csv", "summary.md")}
+    assert main(argv) == 0  # a rerun trains nothing
+    assert "8 of 8 trials already done" in capsys.readouterr().out
+    assert {k: v["attempts"] for k, v in statuses(out).items()} == before
+    for f in report:
+        os.remove(os.path.join(out, f))
+    assert main(["sweep", "--report", out]) == 0  # rebuilt from the run folders alone
+    assert {f: open(os.path.join(out, f), "rb").read() for f in report} == report
+
+
+def test_failing_trial_is_recorded_and_the_rest_finish(data, tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    assert main(["sweep", "--cfg", TINY, "--grid", "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "None,median,mean",
+                 "--out", out, *common(data, 1)]) == 0
+    assert "2/3 trials done, 1 failed: grid/REDUCTION_FN=median-s0" in capsys.readouterr().out
+    failed = [r for r in rows(out) if r["status"] == "failed"]
+    assert len(failed) == 1 and "unknown CONVMIXER.WEIGHT_SHARE.REDUCTION_FN 'median'" in failed[0]["error"]
+
+
+def test_parent_child_wfws_trial_starts_from_the_parents_checkpoint(data, tmp_path):
+    sweep = tmp_path / "wfws.yaml"
+    sweep.write_text(f"""
+base: {TINY}
+opts: [DATA.PATH_TO_DATA_DIR, {data}, SOLVER.MAX_EPOCH, 2, TEST.ENABLE, False]
+seeds: 1
+groups:
+  fusion:
+    trials:
+      wfws: {{parent: vanilla, opts: [CONVMIXER.WEIGHT_SHARE.REDUCTION_FN, channel_weighted_mean]}}
+      vanilla: [CONVMIXER.WEIGHT_SHARE.ENABLE, False]
+""")
+    out = tmp_path / "sw"
+    assert main(["sweep", "--sweep", str(sweep), "--out", str(out), "--jobs", "2"]) == 0
+    parent_ck = out / "fusion" / "vanilla-s0" / "checkpoints" / "checkpoint_epoch_00002.pyth"
+    log = (out / "fusion" / "wfws-s0" / "stdout.log").read_text()
+    assert f"initialised weights from {parent_ck}; starting at epoch 1" in log
+    table = {r["trial"]: r for r in rows(out)}
+    assert table["wfws"]["kind"] == "WFWS" and table["vanilla"]["kind"] == "vanilla"
+    assert int(table["wfws"]["unique_params"]) < int(table["vanilla"]["params"]) < int(table["wfws"]["params"])
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_retraining(data, tmp_path):
+    out = tmp_path / "sw"
+    argv = [sys.executable, "-m", "spin.cli", "sweep", "--cfg", TINY, "--grid", "CONVMIXER.WEIGHT_SHARE.SHARE_RATE",
+            "1,2", "--seeds", "2", "--out", str(out), "--jobs", "2", *common(data, 25), "LOG_PERIOD", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    def has_checkpoint(st):
+        folder = out / st["group"] / f"{st['name']}-s{st['seed']}" / "checkpoints"
+        return folder.is_dir() and any(f.endswith(".pyth") for f in os.listdir(folder))
+
+    deadline = time.time() + 240
+    while time.time() < deadline:  # until two trials run and both have a checkpoint
+        running = [st for st in statuses(out).values() if st.get("status") == "running"] if out.exists() else []
+        if len(running) == 2 and all(has_checkpoint(st) for st in running):
+            break
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the driver and its trials, as in a terminal
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "rerun the same command to resume them" in err, err
+    stopped = [k for k, s in statuses(out).items() if s.get("status") == "stopped"]
+    assert stopped and not any(os.path.exists(out / k / ".spin.lock") for k in stopped)
+    assert subprocess.run(argv, env=env, capture_output=True, text=True).returncode == 0
+    for key, s in statuses(out).items():
+        assert s["status"] == "done", key
+        starts = [a["start_epoch"] for a in s["attempts"]]
+        assert starts.count(0) == 1, (key, starts)  # trained from scratch once, resumed after
+        if key in stopped:
+            assert len(starts) == 2 and starts[1] > 0
+
+
+def test_slurm_submission_carries_the_requested_resources(data, tmp_path, monkeypatch):
+    from submitit.slurm import slurm
+
+    trials = finalize(grid_trials("g", [TINY], common(data), {"CONVMIXER.WEIGHT_SHARE.SHARE_RATE": ["1", "2"]}, 2),
+                      str(tmp_path / "sw"))
+    captured = []
+
+    def fake_submit(self, command):
+        captured.append(self._make_submission_file_text(command, "uid"))
+        return slurm.SlurmJob(folder=self.folder, job_id="4242")
+
+    monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    monkeypatch.setattr(slurm.SlurmExecutor, "_submit_command", fake_submit)
+    ex = make_executor("slurm", str(tmp_path / "sw" / ".submitit"), 1,
+                       dict(partition="gpu-a100", gpus=4, cpus=8, time=120, array_parallelism=3))
+    specs = [{"out": t.out, "cfg_files": t.cfg_files, "opts": t.run_opts, "threads": 0} for t in trials]
+    jobs = submit_trials(ex, "slurm", specs)
+    assert len(jobs) == 4 and len(captured) == 1  # one job array for the four trials
+    script = captured[0]
+    for line in ("#SBATCH --partition=gpu-a100", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --time=120", "#SBATCH --array=0-3%3"):
+        assert line in script, line
+
+
+def test_sweep_errors(tmp_path, capsys):
+    assert main(["sweep", "--cfg", TINY, "--grid", "NOPE.KEY", "1,2", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown config key NOPE.KEY" in capsys.readouterr().err
+    assert main(["sweep", "--grid", "RNG_SEED", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "needs --cfg" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("groups:\n  a:\n    trials:\n      x: {parent: y}\n")
+    assert main(["sweep", "--sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "names parent 'a/y', which is not a trial" in capsys.readouterr().err
+    assert main(["sweep", "--report", str(tmp_path)]) == 2
+    assert "holds no sweep trials" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
