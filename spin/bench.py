@@ -11,11 +11,14 @@ committed results live in bench/results.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -128,7 +131,7 @@ def benchmark(dim: int, depth: int, patch: int, image: int, batch: int, kernel: 
               classes: int = 1000, device: str = "cpu", amp: Optional[str] = None,
               channels_last: bool = False, warmup: int = 2, repeats: int = 5, iters: int = 2,
               models=MODELS, share_rate: int = 2, seed: int = 0, compile: bool = False,
-              family: str = "convmixer", heads: int = 0) -> dict:
+              family: str = "convmixer", heads: int = 0, onnx: bool = False) -> dict:
     torch.manual_seed(seed)
     dev = torch.device(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
@@ -146,6 +149,8 @@ def benchmark(dim: int, depth: int, patch: int, image: int, batch: int, kernel: 
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
 
     result: dict = {"models": {}}
+    sessions: dict = {}
+    onnx_dir = tempfile.mkdtemp(prefix="spin-bench-onnx-") if onnx else None
     steps: dict[str, tuple[Callable, Callable]] = {}
     for name, m in built.items():
         m = m.to(dev).to(memory_format=fmt)
@@ -183,11 +188,19 @@ def benchmark(dim: int, depth: int, patch: int, image: int, batch: int, kernel: 
         }
         if dev.type == "cpu":
             result["models"][name]["activation_bytes"] = saved_activation_bytes(m, x, y)
+        if onnx:  # the deployed model (WFWS fused) in onnxruntime on the CPU, same input
+            sessions[name] = _onnx_session(m, x, onnx_dir)
+            result["models"][name]["onnx_infer"] = []
 
     def gemm():
         torch.mm(a, w)
 
     gemm_times = []
+
+    def onnx_step(session):
+        session.run(None, {session.get_inputs()[0].name: x_cpu})
+
+    x_cpu = x.detach().cpu().contiguous().numpy() if onnx else None
     for r in range(warmup + repeats):
         for name, (train_step, infer_step) in steps.items():
             if dev.type == "cuda":
@@ -199,6 +212,10 @@ def benchmark(dim: int, depth: int, patch: int, image: int, batch: int, kernel: 
             if r >= warmup:
                 result["models"][name]["train"].append(batch / t_train)
                 result["models"][name]["infer"].append(batch / t_infer)
+            if name in sessions:
+                t_onnx = _timed(lambda s=sessions[name]: onnx_step(s), torch.device("cpu"), iters)
+                if r >= warmup:
+                    result["models"][name]["onnx_infer"].append(batch / t_onnx)
         t_gemm = _timed(gemm, dev, max(3, iters))
         if r >= warmup:
             gemm_times.append(t_gemm)
@@ -207,6 +224,8 @@ def benchmark(dim: int, depth: int, patch: int, image: int, batch: int, kernel: 
     for name, r in result["models"].items():
         r["train_img_s"] = statistics.median(r.pop("train"))
         r["infer_img_s"] = statistics.median(r.pop("infer"))
+        if "onnx_infer" in r:
+            r["onnx_infer_img_s"] = statistics.median(r.pop("onnx_infer"))
         r["infer_gflops"] = 2 * r["macs_per_image"] * r["infer_img_s"] / 1e9
         r["mfu_vs_gemm"] = r["infer_gflops"] / gemm_gflops
     m = result["models"]
@@ -219,15 +238,32 @@ def benchmark(dim: int, depth: int, patch: int, image: int, batch: int, kernel: 
                         ratios[f"{name}/{ref} {mode[:5]}"] = m[name][mode] / m[ref][mode]
         if "spin_ws" in m and "spin_wfws" in m:
             ratios[f"spin_wfws/spin_ws {mode[:5]}"] = m["spin_wfws"][mode] / m["spin_ws"][mode]
+    for name, r in m.items():
+        if "onnx_infer_img_s" in r:
+            ratios[f"{name} onnxruntime/eager infer"] = r["onnx_infer_img_s"] / r["infer_img_s"]
+    if onnx_dir:
+        shutil.rmtree(onnx_dir, ignore_errors=True)
     result.update(
         config=dict(family=family, dim=dim, depth=depth, patch=patch, kernel=kernel, heads=heads,
                     image=image, batch=batch,
                     classes=classes, device=device, amp=amp, channels_last=channels_last,
                     warmup=warmup, repeats=repeats, iters=iters, share_rate=share_rate,
-                    compile=compile),
+                    compile=compile, onnx=onnx),
         gemm_gflops=gemm_gflops, gemm_shape=[batch * tokens, dim, dim], ratios=ratios,
         machine=machine_info(dev))
     return result
+
+
+def _onnx_session(model: nn.Module, x: torch.Tensor, folder: str):
+    """An onnxruntime session of a copy of ``model`` as ``spin export`` writes it (WFWS fused)."""
+    from .deploy import export_onnx, metadata, onnx_session
+    from .transform import fuse, sharing_of
+
+    m = copy.deepcopy(model.model if isinstance(model, ChannelsLast) else model).cpu().eval()
+    m = fuse(m) if sharing_of(m)[1] else m
+    path = os.path.join(folder, f"{len(os.listdir(folder))}.onnx")
+    export_onnx(m, x.detach().cpu().contiguous(), path, metadata(None))
+    return onnx_session(path)
 
 
 def machine_info(dev: torch.device) -> dict:
@@ -255,12 +291,15 @@ def markdown(result: dict) -> str:
             f"{', torch.compile' if c.get('compile') else ''} "
             f"— {result['machine']['device']}, torch {result['machine']['torch']}; GEMM "
             f"{result['gemm_gflops']:.1f} GFLOP/s")
-    cols = ["model", "train img/s", "infer img/s", "infer GFLOP/s", "% of GEMM", "params",
-            "unique params", "optimizer state MB", "activations MB" if c["device"] == "cpu" else "peak train MB"]
+    onnx = any("onnx_infer_img_s" in r for r in result["models"].values())
+    cols = ["model", "train img/s", "infer img/s"] + (["onnxruntime img/s"] if onnx else []) + [
+        "infer GFLOP/s", "% of GEMM", "params", "unique params", "optimizer state MB",
+        "activations MB" if c["device"] == "cpu" else "peak train MB"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in result["models"].items():
         mem = r.get("activation_bytes", r.get("peak_train_bytes", 0)) / 1e6
-        lines.append(f"| {name} | {r['train_img_s']:.2f} | {r['infer_img_s']:.2f} | {r['infer_gflops']:.1f} | "
+        ort = f" {r['onnx_infer_img_s']:.2f} |" if onnx else ""
+        lines.append(f"| {name} | {r['train_img_s']:.2f} | {r['infer_img_s']:.2f} |{ort} {r['infer_gflops']:.1f} | "
                      f"{100 * r['mfu_vs_gemm']:.0f}% | {r['params']:,} | {r['unique_params']:,} | "
                      f"{r['optimizer_state_bytes'] / 1e6:.1f} | {mem:.1f} |")
     lines += ["", "| ratio | value |", "|---|---|"]
@@ -330,6 +369,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--models", default="", help=f"comma list (default: all of the preset's; ConvMixer: "
                                                 f"{', '.join(MODELS)}; DeiT: {', '.join(VIT_MODELS)})")
     p.add_argument("--compile", action="store_true", help="run every model under torch.compile")
+    p.add_argument("--onnx", action="store_true", help="also onnxruntime (CPU) inference of each model as exported")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help="folder for JSON and markdown (the committed results: --out bench/results)")
     args = p.parse_args(argv)
@@ -366,12 +406,14 @@ def main(argv=None) -> list[dict]:
             raise BenchError(f"none of --models {args.models} runs in preset {preset}; its models: "
                              f"{', '.join(family_models)}")
         res = benchmark(**cfg, device=args.device, amp=amp, channels_last=cl, warmup=args.warmup,
-                        repeats=args.repeats, iters=args.iters, models=chosen, compile=args.compile)
+                        repeats=args.repeats, iters=args.iters, models=chosen, compile=args.compile,
+                        onnx=args.onnx)
         res["preset"] = preset
         results.append(res)
         text = markdown(res)
         print(text + "\n", flush=True)
-        tag = f"{preset}-{args.device.split(':')[0]}{'-compile' if args.compile else ''}"
+        tag = (f"{preset}-{args.device.split(':')[0]}{'-compile' if args.compile else ''}"
+               f"{'-onnx' if args.onnx else ''}")
         _write(os.path.join(args.out, f"{tag}.json"), json.dumps(res, indent=1))
         _write(os.path.join(args.out, f"{tag}.md"), text + "\n")
     print(f"results in {args.out}")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .config import ArgumentParser, ConfigError, cfg_from_args, check_cfg, get_args_parser
+from .config import ArgumentParser, ConfigError, cfg_from_args, check_cfg, get_args_parser, load_config
 from .engine.checkpoint import cfg_from_checkpoint
 from .engine.distributed import under_torchrun
 from .engine.launch import launch, run_net_job, test_job
@@ -149,7 +149,8 @@ def predict_main(argv: Sequence[str]):
     from .predict import predict
 
     p = ArgumentParser(prog="spin predict", description=predict_main.__doc__)
-    p.add_argument("--checkpoint", required=True, help="a .pyth with a stored cfg (any spin checkpoint)")
+    p.add_argument("--checkpoint", required=True, help="a spin checkpoint with a stored cfg, or an exported "
+                                                       ".onnx / .pt2 (config in its metadata)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of the stored cfg")
     p.add_argument("images", nargs="+")
@@ -226,8 +227,8 @@ def sweep_main(argv: Sequence[str]):
         settings, trials = load_sweep_file(args.sweep)
         if args.cfg or args.seeds:
             raise ConfigError("--cfg and --seeds come from the sweep file with --sweep; edit the file")
-        for t in trials:
-            t.opts = list(args.opts) + t.opts
+        for t in trials:  # the command line's overrides come after the file's
+            t.opts = t.opts + list(args.opts)
     else:
         if not args.cfg:
             raise ConfigError("spin sweep --grid needs --cfg BASE.yaml")
@@ -256,6 +257,70 @@ def sweep_main(argv: Sequence[str]):
     return status
 
 
+def export_main(argv: Sequence[str]):
+    """spin export --checkpoint CK --format onnx|pt2 [--out FILE]: a verified deployable artifact."""
+    from .deploy import FORMATS, export_checkpoint
+    from .export import human_bytes
+
+    p = ArgumentParser(prog="spin export", description=export_main.__doc__)
+    p.add_argument("--checkpoint", required=True, help="a trained checkpoint (WFWS is fused first)")
+    p.add_argument("--cfg", action="append", default=[], help="the config, for a file without a stored one")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", default="", help="the artifact (default: the checkpoint's name with .onnx / .pt2)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (verified at 1 and 5)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the stored config")
+    args = parse(p, argv)
+    cfg = load_config(args.cfg, args.opts) if args.cfg else None
+    res = export_checkpoint(args.checkpoint, args.format, args.out, cfg, args.opts, args.opset,
+                            args.dynamic_batch, args.overwrite)
+    print(f"{res['output']}: {res['format']}, {human_bytes(res['file_bytes'])} (weights "
+          f"{human_bytes(res['stored_bytes'])} in {res['stored_tensors']} tensors)")
+    print(f"parameters {res['params']:,}, unique {res['unique_params']:,} ({human_bytes(res['unique_bytes'])} fp32); "
+          f"max |logit difference| vs PyTorch {res['max_abs_diff']:.2e} at batch {res['batches']}")
+    return res
+
+
+def analyze_main(argv: Sequence[str]):
+    """spin analyze --checkpoint CK [--images N] [--out DIR] [--suggest N]: layer similarity, plans."""
+    from .analyze import analyze
+    from .data import build_dataset, build_loader
+    from .engine.checkpoint import build_model_from_checkpoint
+    from .models.factory import plan_section_name
+
+    p = ArgumentParser(prog="spin analyze", description=analyze_main.__doc__)
+    p.add_argument("--checkpoint", required=True, help="a trained checkpoint (its stored cfg builds the model)")
+    p.add_argument("--cfg", action="append", default=[], help="the config, for a file without a stored one")
+    p.add_argument("--images", type=int, default=512, help="validation images for CKA (>= 4)")
+    p.add_argument("--out", default="", help="folder for cka.png, weights.png, analysis.json "
+                                             "(default: OUTPUT_DIR/analysis beside the checkpoints)")
+    p.add_argument("--suggest", type=int, default=0, metavar="N", help="suggest plans with N sets")
+    p.add_argument("--by", choices=["weights", "cka"], default="weights",
+                   help="the similarity the suggestions group by (default: the in-scope weights)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
+    args = parse(p, argv)
+    if args.images < 4:
+        raise ConfigError(f"--images must be >= 4 (the unbiased CKA estimator needs 4 per batch), got {args.images}")
+    if args.suggest < 0:
+        raise ConfigError(f"--suggest must be a number of sets >= 1 (or 0: no suggestion), got {args.suggest}")
+    cfg = load_config(args.cfg, args.opts) if args.cfg else None
+    model, cfg, _ = build_model_from_checkpoint(args.checkpoint, args.opts, cfg)
+    val = build_dataset(cfg, "val")
+    loader = build_loader(cfg, val, False, max(4, min(cfg.TEST.BATCH_SIZE, args.images)))
+    folder = os.path.dirname(os.path.abspath(args.checkpoint))
+    out = args.out or (os.path.join(os.path.dirname(folder), "analysis") if os.path.basename(folder) == "checkpoints"
+                       else os.path.splitext(os.path.abspath(args.checkpoint))[0] + "-analysis")
+    res = analyze(model, loader, args.images, out, args.suggest, args.by, plan_section_name(cfg))
+    print(f"{out}: cka.png, weights.png, analysis.json ({res['images']} images, {len(res['cka'])} layers)")
+    for cand in res.get("suggestions", []):
+        print(f"\n{cand['name']}: layer map {cand['layer_map']}, mean within-group {args.by} similarity "
+              f"{cand['mean_within_similarity']:.4f}, relative fusion error {cand['fusion_error']:.4f}")
+        if "best" in cand["name"]:
+            print(cand["yaml"].rstrip())
+    return res
+
+
 def bench_main(argv: Sequence[str]):
     """spin bench [--preset imagenet,cifar] [--device cuda --amp bf16]: throughput vs timm."""
     from .bench import main as bench
@@ -264,8 +329,8 @@ def bench_main(argv: Sequence[str]):
 
 
 COMMANDS = {"train": train_main, "test": test_main, "fuse": fuse_main, "stats": stats_main,
-            "predict": predict_main, "plot": plot_main, "sweep": sweep_main, "bench": bench_main,
-            "launch": launch_main}
+            "predict": predict_main, "export": export_main, "plot": plot_main, "sweep": sweep_main,
+            "analyze": analyze_main, "bench": bench_main, "launch": launch_main}
 
 
 def main(argv: Sequence[str] = None) -> int:

@@ -14,7 +14,6 @@ from typing import Optional
 from .config import check_cfg
 from .engine import checkpoint as cu
 from .engine.runfolder import atomic_write
-from .models import build_model
 from .models.factory import fusion_from_cfg, plan_section, plan_section_name
 from .transform import fuse
 
@@ -43,9 +42,7 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
         if os.path.exists(path) and not overwrite:
             raise cu.CheckpointError(f"{path} already exists; pass --overwrite to replace it or "
                                      f"choose another --output")
-    ck = cu.load_checkpoint(checkpoint)
-    wfws = build_model(cfg)
-    cu.load_model_weights(wfws, ck["model_state"], source=checkpoint)
+    wfws, _, ck = cu.build_model_from_checkpoint(checkpoint, cfg=cfg)
     wfws.eval()
     ws = fuse(wfws)
     ws_cfg = cfg.clone()
@@ -73,10 +70,7 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
 
 def load_safetensors_model(path: str, cfg=None):
     """Rebuild a model from an exported .safetensors file (its metadata holds the cfg)."""
-    ck = cu.load_checkpoint(path)
-    cfg = cfg if cfg is not None else cu.cfg_from_checkpoint(path, ck=ck)
-    model = build_model(cfg)
-    cu.load_model_weights(model, ck["model_state"], source=path)
+    model, cfg, _ = cu.build_model_from_checkpoint(path, cfg=cfg)
     return model, cfg
 
 

@@ -28,12 +28,24 @@ def class_names(ck: dict, cfg) -> list[str]:
     return []
 
 
+def _runner(checkpoint: str, opts: Sequence[str]):
+    """(logits function, cfg, class names) for a .pyth/.pth/.safetensors checkpoint or an exported
+    .onnx / .pt2 artifact (its config and class names are in its metadata)."""
+    if checkpoint.endswith((".onnx", ".pt2")):
+        from .deploy import load_artifact
+
+        run, text, classes = load_artifact(checkpoint)
+        cfg = cu.cfg_from_checkpoint(checkpoint, opts, ck={"cfg": text})
+        return run, cfg, classes or class_names({}, cfg)
+    model, cfg, ck = cu.build_model_from_checkpoint(checkpoint, opts)
+    model.eval()
+    return model, cfg, class_names(ck, cfg)
+
+
 @torch.no_grad()
 def predict(checkpoint: str, images: Sequence[str], opts: Sequence[str] = (), topk: int = 5):
     """Returns [(image, [(class name, probability), ...]), ...]."""
-    model, cfg, ck = cu.build_model_from_checkpoint(checkpoint, opts)
-    model.eval()
-    names = class_names(ck, cfg)
+    model, cfg, names = _runner(checkpoint, opts)
     transform = build_eval_transform(cfg)
     out = []
     for path in images:

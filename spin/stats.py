@@ -8,10 +8,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import check_cfg
 from .models import build_model, family, plan_section
+from .models.factory import relax_from_cfg
 from .transform import sharing_of, unique_parameters
 from .sharing import DEFAULT_SCOPES
 
-COLUMNS = ["name", "model", "C/D/P/K", "arch", "sharing", "fusion", "rate", "distribution", "mapping",
+COLUMNS = ["name", "model", "C/D/P/K", "arch", "sharing", "fusion", "relax", "rate", "distribution", "mapping",
            "scope", "params", "unique params", "GMACs", "fp32 MB"]
 
 
@@ -48,6 +49,7 @@ def describe(cfg, name: str = "") -> dict:
         model = build_model(cfg)
     plan, fusion = sharing_of(model)
     ws = plan_section(cfg)
+    relax = relax_from_cfg(cfg)["relax"]
     params = sum(p.numel() for p in model.parameters())
     unique = unique_parameters(model)
     shared = plan is not None and plan.is_shared
@@ -62,6 +64,7 @@ def describe(cfg, name: str = "") -> dict:
         col: arch,
         "sharing": "yes" if shared else "no",
         "fusion": fusion or "no",
+        "relax": (f"{relax} r{ws.RELAX_RANK}" if relax == "lora" else relax or "") if shared else "",
         "rate": f"{plan.depth / plan.num_sets:g}" if shared else "-",
         "distribution": dist if shared else "-",
         "mapping": mapping if shared else "-",

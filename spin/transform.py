@@ -13,16 +13,24 @@ its class, forward and timm contract; blocks run their own forward code.
   grouped by the plan's mapping; weighted fusions learn ``shared.coeffs.{i}.<name>``, a (1,) or
   (C_out,) coefficient per layer and in-scope weight (tensors of 2+ dims; biases, norms and layer
   scales use the plain mean). :func:`fuse` exports the WS model with equal logits.
+* Relaxed sharing (``relax="lora"`` with ``relax_rank`` r, or ``relax="scale"``): layer i reads
+  its set plus a per-layer delta (``spin.fusion``: W + B_i A_i, or per-channel scale / shift) kept
+  at ``shared.relax_params.{i}.<name>_lora_a|_lora_b|_scale|_shift`` and kept by the export. ``share``
+  initialises the deltas from the model it transforms (truncated SVD of W_i - W_{p(i)}, or the
+  least-squares scale), so a relaxed model starts as close to the original as the rank allows.
 
 How a block reads its set: a forward pre-hook puts the tensor of its set on the block's submodule
 as a plain attribute (``qkv.weight``), which Python finds before nn.Module's parameter lookup. WS
-puts the shared Parameter itself there (it stays between forwards); WFWS puts the fused tensor
-there for the block's forward only, so outside a forward ``blocks[i]...weight`` is the stored
-per-layer parameter again. In grad mode each block fuses its own group: nothing is cached across
-blocks, so gradient checkpointing, gradient accumulation and an exception mid-forward are all safe
-(cost: a group of r layers is fused r times, a few element-wise passes over the in-scope weights
-per step). Without grad (eval, inference) each group is fused once and cached until one of its
-tensors changes, so WFWS inference costs what WS does.
+puts the shared Parameter itself there (re-pointed at every forward, so .to(), load_state_dict and
+deepcopy cannot leave it stale); WFWS and relaxed sharing put the computed tensor there for the
+block's forward only (a forward hook that runs even when the forward raises takes it away), so
+outside a forward ``blocks[i]...weight`` is the stored per-layer parameter again. In grad mode a
+call of the whole stack fuses each group once, for this call only (its members share the fused
+tensor; the cache is dropped when the call ends, also on an exception); a block called on its own
+(gradient checkpointing's recompute, ``forward_intermediates``) fuses its group itself, so
+checkpointing and gradient accumulation get their own fresh graphs. Without grad (eval, inference)
+each group is fused once and cached until one of its tensors changes, so WFWS inference costs what
+WS does.
 
 Buffers (BatchNorm running statistics) stay per layer whatever the scope.
 """
@@ -30,12 +38,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
-from .fusion import coefficient_shape, fuse_group, parse_fusion
+from .fusion import (cached, coefficient_shape, fit_relax, fuse_group, parse_fusion, parse_relax, relax_apply, relax_init,
+                     relax_shapes)
 from .sharing import SharingError, SharingPlan, build_plan, parse_scope, scope_patterns
 
 # Model class -> family (its scope vocabulary in spin.sharing.SCOPES); filled by spin.models.
@@ -55,7 +64,7 @@ def family_of(model: nn.Module) -> Optional[str]:
     return None
 
 
-def _param_tree(tensors: dict[str, torch.Tensor]) -> nn.Module:
+def param_tree(tensors: dict[str, torch.Tensor]) -> nn.Module:
     """{'attn.qkv.weight': t, ...} -> a module holding Parameter(t) at that dotted name."""
     root = nn.Module()
     for name, t in tensors.items():
@@ -75,9 +84,11 @@ class SharedBlocks(nn.Module):
 
     def __init__(self, stack: nn.Module, plan: SharingPlan, fusion: Optional[str],
                  names: Sequence[str], blocks_path: str, family: Optional[str],
-                 sets: Optional[list[dict[str, torch.Tensor]]] = None):
+                 sets: Optional[list[dict[str, torch.Tensor]]] = None, relax: Optional[str] = None,
+                 relax_rank: int = 0):
         super().__init__()
         self.plan, self.fusion, self.names = plan, fusion, tuple(names)
+        self.relax, self.relax_rank = relax, relax_rank
         self.blocks_path, self.family = blocks_path, family
         # References, not submodules (the keys stay): the stack, and per layer / set / coefficient
         # holder the (module, attribute) of each name, read from _parameters on every use.
@@ -87,20 +98,37 @@ class SharedBlocks(nn.Module):
         self._pass: Optional[dict] = None  # this stack call's fusions (grad mode)
         self._coeff_names: tuple = ()
         if fusion is None:
-            self.sets = nn.ModuleList([_param_tree(s) for s in sets])
+            self.sets = nn.ModuleList([param_tree(s) for s in sets])
             object.__setattr__(self, "_sets", [_slots(h, names) for h in self.sets])
         else:
             first = dict(stack[0].named_parameters())
             shapes = {n: coefficient_shape(fusion, first[n].shape[0]) for n in names if first[n].dim() >= 2}
             if any(shapes.values()):
-                self.coeffs = nn.ModuleList([_param_tree({n: torch.ones(s) for n, s in shapes.items()})
+                self.coeffs = nn.ModuleList([param_tree({n: torch.ones(s) for n, s in shapes.items()})
                                              for _ in range(plan.depth)])
                 self._coeff_names = tuple(shapes)
                 object.__setattr__(self, "_coeffs", [_slots(h, shapes) for h in self.coeffs])
+        self._relax_of: dict = {}  # name -> {suffix: shape}
+        if relax:
+            first = dict(stack[0].named_parameters()) if fusion else {n: t for n, t in sets[0].items()}
+            self._relax_of = {n: relax_shapes(relax, tuple(first[n].shape), relax_rank) for n in names}
+            self._relax_of = {n: v for n, v in self._relax_of.items() if v}
+            flat = {f"{n}_{suffix}": shape for n, v in self._relax_of.items() for suffix, shape in v.items()}
+            self.relax_params = nn.ModuleList([param_tree(relax_init(relax, flat)) for _ in range(plan.depth)])
+            object.__setattr__(self, "_relax", [
+                {n: _slots(h, [f"{n}_{x}" for x in v]) for n, v in self._relax_of.items()}
+                for h in self.relax_params])
 
     def extra_repr(self) -> str:
         return (f"depth={self.plan.depth}, sets={self.plan.num_sets}, map={list(self.plan.layer_to_set)}, "
-                f"fusion={self.fusion}, scope={'+'.join(self.plan.scope) or 'default'}")
+                f"fusion={self.fusion}, relax={self.relax}{self.relax_rank or ''}, "
+                f"scope={'+'.join(self.plan.scope) or 'default'}")
+
+    @property
+    def static(self) -> bool:
+        """True when every block reads a Parameter itself (WS, no relax): it stays on the block
+        between forwards (re-pointed at each one)."""
+        return self.fusion is None and self.relax is None
 
     def stored(self, layer: int, name: str) -> torch.Tensor:
         """Layer's own parameter ``name`` (from _parameters, not getattr: the attribute may hold
@@ -120,15 +148,28 @@ class SharedBlocks(nn.Module):
             if (g, name) not in self._pass:  # the first member this stack call: fuse once
                 self._pass[(g, name)] = fuse_group(weights, self.fusion, coeffs)
             return self._pass[(g, name)]
-        key = tuple((t._version, t.data_ptr()) for t in weights + (coeffs or []))
-        hit = self._cache.get((g, name))
-        if hit is None or hit[0] != key:
-            hit = (key, fuse_group(weights, self.fusion, coeffs))
-            self._cache[(g, name)] = hit
-        return hit[1]
+        return cached(self._cache, (g, name), weights + (coeffs or []),
+                      lambda: fuse_group(weights, self.fusion, coeffs))
+
+    def relax_of(self, i: int, name: str) -> dict:
+        """Layer i's relax parameters of ``name`` by suffix (lora_a, lora_b, scale, shift)."""
+        return {f"{x}": _read(slot) for x, slot in zip(self._relax_of.get(name, {}),
+                                                       self._relax[i].get(name, {}).values())}
 
     def layer_tensor(self, i: int, name: str) -> torch.Tensor:
-        return self.set_tensor(self.plan.layer_to_set[i], name)
+        base = self.set_tensor(self.plan.layer_to_set[i], name)
+        if self.relax is None or name not in self._relax_of:
+            return base
+        return relax_apply(self.relax, base, self.relax_of(i, name))
+
+    @torch.no_grad()
+    def init_relax(self, originals: Callable[[int, str], torch.Tensor]) -> None:
+        """Fit every layer's delta to bring its set back to ``originals(i, name)`` (the model's own
+        weights): truncated SVD of the residual (lora), least-squares scale or shift (scale)."""
+        for i in range(self.plan.depth):
+            for name in self._relax_of:
+                fit_relax(self.relax_of(i, name), originals(i, name),
+                          self.set_tensor(self.plan.layer_to_set[i], name))
 
     def inject_all(self) -> None:
         for block in self._stack:
@@ -136,10 +177,16 @@ class SharedBlocks(nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        if self.fusion is None:  # .to()/.half() may replace the shared Parameters: re-point blocks
+        if self.static:  # .to()/.half() may replace the shared Parameters: re-point blocks
             self.inject_all()
         self._cache.clear()
         return out
+
+    def batchnorm_parameters(self) -> list:
+        """The shared sets' parameters that belong to BatchNorm layers (BN.WEIGHT_DECAY applies)."""
+        if self.fusion is not None:  # the stored copies stay in their BatchNorm modules
+            return []
+        return [_read(self._sets[g][n]) for g in range(self.plan.num_sets) for n in self.bn_names]
 
     def export_drops(self) -> int:
         """Parameters that the WS export drops: WFWS's D - N extra copies and its coefficients."""
@@ -226,13 +273,16 @@ def _in_scope(stack: nn.Module, tokens: tuple[str, ...], family: Optional[str], 
 
 def _install(model: nn.Module, stack: nn.Module, plan: SharingPlan, fusion: Optional[str],
              names: list[str], blocks: str, family: Optional[str],
-             sets: Optional[list[dict[str, torch.Tensor]]] = None) -> SharedBlocks:
+             sets: Optional[list[dict[str, torch.Tensor]]] = None, relax: Optional[str] = None,
+             relax_rank: int = 0) -> SharedBlocks:
     if fusion is None:  # the per-layer copies leave the blocks; the sets hold them once
         for block in stack:
             for n in names:
                 mod_name, _, leaf = n.rpartition(".")
                 delattr(block.get_submodule(mod_name) if mod_name else block, leaf)
-    bank = SharedBlocks(stack, plan, fusion, names, blocks, family, sets)
+    bank = SharedBlocks(stack, plan, fusion, names, blocks, family, sets, relax, relax_rank)
+    bank.bn_names = tuple(n for n in names if isinstance(stack[0].get_submodule(n.rpartition(".")[0]),
+                                                         nn.modules.batchnorm._BatchNorm))
     model.add_module("shared", bank)
     for i, block in enumerate(stack):
         targets = []
@@ -241,14 +291,14 @@ def _install(model: nn.Module, stack: nn.Module, plan: SharingPlan, fusion: Opti
             targets.append((block.get_submodule(mod_name) if mod_name else block, leaf, n))
         object.__setattr__(block, _KEY, (bank, i, targets))
         block.register_forward_pre_hook(_inject)
-        if fusion is not None:
-            block.register_forward_hook(_release)
-    if fusion is None:
+        if not bank.static:
+            block.register_forward_hook(_release, always_call=True)
+    if bank.static:
         bank.inject_all()
     else:  # a call of the whole stack fuses each group once (its members share the tensor)
         object.__setattr__(stack, _KEY, bank)
         stack.register_forward_pre_hook(_open_pass)
-        stack.register_forward_hook(_close_pass)
+        stack.register_forward_hook(_close_pass, always_call=True)
     return bank
 
 
@@ -258,6 +308,7 @@ def _uninstall(model: nn.Module) -> SharedBlocks:
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             for k in [k for k, fn in hooks.items() if fn in (_inject, _release, _open_pass, _close_pass)]:
                 del hooks[k]
+                module._forward_hooks_always_called.pop(k, None)
         if module is not bank._stack:
             _release(module, (), None)
         module.__dict__.pop(_KEY, None)
@@ -281,6 +332,9 @@ def share(
     seed: int = 0,
     scope: Union[str, Sequence[str], None] = None,
     fusion: Optional[str] = None,
+    relax: Optional[str] = None,
+    relax_rank: int = 0,
+    fit_relax: bool = True,
     plan: Optional[SharingPlan] = None,
     blocks: str = "blocks",
     family: Optional[str] = None,
@@ -290,16 +344,18 @@ def share(
 
     The plan comes from the keywords (as :func:`spin.build_plan`) or from ``plan=``. ``scope``
     defaults to the family's (DeiT ``attn+mlp``, ConvNeXt ``dwconv+pwconv``, ConvMixer
-    ``pointwise``, MLP-Mixer ``token+channel``; every block parameter for other models). Returns a
-    transformed copy (the input is untouched unless ``inplace``); see the module docstring.
+    ``pointwise``, MLP-Mixer ``token+channel``; every block parameter for other models). ``relax``
+    (lora with ``relax_rank``, or scale) adds per-layer deltas, fitted to the model's own weights
+    (``fit_relax=False``: at their from-scratch init, B = 0 / scale 1, so the model is plain WS).
+    Returns a transformed copy (the input is untouched unless ``inplace``); see the module docstring.
     """
-    fusion = parse_fusion(fusion)
+    fusion, relax = parse_fusion(fusion), parse_relax(relax, relax_rank)
     if hasattr(type(model), "spin_share"):  # a model that implements sharing itself (ConvMixer)
         if plan is None:
             plan = build_plan(model.depth, share_rate, num_sets, distribution, mapping, seed, scope)
         elif scope is not None:
             plan = SharingPlan(plan.layer_to_set, parse_scope(scope))
-        return model.spin_share(plan, fusion)
+        return model.spin_share(plan, fusion, relax, relax_rank, fit_relax)
     if bank_of(model) is not None:
         raise SharingError("this model is already shared; share a vanilla model (spin.fuse(model) "
                            "exports a WFWS model as WS)")
@@ -320,12 +376,16 @@ def share(
     if not inplace:
         model = copy.deepcopy(model)
         stack = model.get_submodule(blocks)
-    sets = None
-    if fusion is None:
-        with torch.no_grad():
+    sets = originals = None
+    with torch.no_grad():
+        if relax and fit_relax:  # the model's own per-layer weights, which the deltas are fitted to
+            originals = [{n: stack[i].get_parameter(n).detach().clone() for n in names} for i in range(depth)]
+        if fusion is None:
             sets = [{n: stack[members[0]].get_parameter(n).detach().clone() for n in names}
                     for members in plan.groups]
-    _install(model, stack, plan, fusion, names, blocks, family, sets)
+    bank = _install(model, stack, plan, fusion, names, blocks, family, sets, relax, relax_rank)
+    if originals is not None:
+        bank.init_relax(lambda i, n: originals[i][n])
     return model
 
 
@@ -343,8 +403,24 @@ def fuse(model: nn.Module) -> nn.Module:
     out = copy.deepcopy(model)
     old = _uninstall(out)
     stack = out.get_submodule(old.blocks_path)
-    _install(out, stack, old.plan, None, list(old.names), old.blocks_path, old.family, sets)
+    new = _install(out, stack, old.plan, None, list(old.names), old.blocks_path, old.family, sets,
+                   old.relax, old.relax_rank)
+    if old.relax:  # the deltas are part of the export
+        new.relax_params.load_state_dict(old.relax_params.state_dict())
     return out
+
+
+def init_relax(model: nn.Module) -> bool:
+    """Fit a relaxed WFWS model's deltas to its stored per-layer weights (after loading a vanilla
+    checkpoint into it): the relaxed model then starts as close to that checkpoint as the rank
+    allows. Returns False when there is nothing to fit (no relax, or WS: no per-layer weights)."""
+    if hasattr(type(model), "spin_share"):
+        return model.init_relax()
+    bank = bank_of(model)
+    if bank is None or not bank.relax or bank.fusion is None:
+        return False
+    bank.init_relax(bank.stored)
+    return True
 
 
 def unique_parameters(model: nn.Module) -> int:
@@ -353,6 +429,21 @@ def unique_parameters(model: nn.Module) -> int:
         return model.unique_parameters()
     bank = bank_of(model)
     return sum(p.numel() for p in model.parameters()) - (bank.export_drops() if bank else 0)
+
+
+def layer_weights(model: nn.Module, scope=None) -> list[dict[str, torch.Tensor]]:
+    """Per layer, the in-scope weights that layer has of its own: the stored copies of a vanilla
+    or WFWS model (what a fusion combines), the set (with its delta) each layer reads in a WS
+    model. ``scope`` (a vanilla model only; default: the family's) names what is in scope."""
+    if hasattr(type(model), "spin_share"):
+        return model.per_layer_weights(scope)
+    bank = bank_of(model)
+    if bank is not None:
+        read = bank.stored if bank.fusion else bank.layer_tensor
+        return [{n: read(i, n) for n in bank.names} for i in range(bank.plan.depth)]
+    stack = _find_stack(model, "blocks")
+    names = _in_scope(stack, parse_scope(scope), family_of(model), "blocks")
+    return [{n: block.get_parameter(n) for n in names} for block in stack]
 
 
 def sharing_of(model: nn.Module):

@@ -60,7 +60,7 @@ def world(tmp_path_factory):
         "section.yaml": "TRAIN: 5\n", "binary.yaml": bytes(range(256)) * 4, "a_file": "not a folder\n",
     }
     paths = {k: write(tmp / k, v) for k, v in files.items()}
-    return dict(data=data, empty=empty, ck=ck, tmp=tmp, **paths)
+    return dict(data=data, empty=empty, ck=ck, tmp=tmp, run=str(tmp / "run"), **paths)
 
 
 def base(w, out, *opts):
@@ -118,6 +118,7 @@ BAD = [
     ("train", ["CONVMIXER.WEIGHT_SHARE.ENABLE", "False", "TRAIN.CHECKPOINT_FILE_PATH", "{ck}", "TRAIN.AUTO_RESUME",
                "False"], "does not match the model architecture"),
     ("train", ["MODEL.NUM_CLASSES", "2"], "the data set has 4 classes"),
+    ("train", ["OUTPUT_DIR", "{run}", "TRAIN.AUTO_RESUME", "False"], "holds checkpoints of an earlier run"),
     ("bench", ["--preset", "nope"], "unknown --preset nope"),
     ("bench", ["--repeats", "0"], "--repeats must be >= 1"),
     ("predict", ["--checkpoint", "/nonexistent.pyth", "x.png"], "does not exist"),

@@ -197,6 +197,9 @@ def test_spin_convmixer_is_shared_by_its_own_implementation():
     assert torch.equal(ws.dwise_w[0], m.blocks[0].dwise_blk[0].weight)
     wfws = share(m, share_rate=2, fusion="mean").eval()
     torch.testing.assert_close(fuse(wfws).pwise_w[0], (m.pwise_w[0] + m.pwise_w[1]) / 2)
+    norm = share(m, share_rate=2, scope="norm")  # the BatchNorms of layer 0 serve layers 0 and 1
+    assert torch.equal(norm.norm_a[0].running_var, m.blocks[0].dwise_blk[2].running_var)
+    assert torch.equal(norm.norm_b[1].weight, m.blocks[2].bn2.weight)
 
 
 # ---------------------------------------------------------------- official layouts on disk
@@ -276,6 +279,28 @@ def test_ws_checkpoint_holds_each_shared_tensor_once(tmp_path):
     again.load_state_dict(cu.load_checkpoint(str(path))["model_state"], strict=True)
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(again.eval()(x), ws.eval()(x))
+
+
+def test_an_exception_mid_forward_leaves_no_stale_state():
+    wfws = share(vanilla("vit"), share_rate=2, fusion="mean")
+    with pytest.raises(Exception):
+        wfws(torch.randn(2, 3, 40, 40))  # the wrong image size: the patch embedding raises inside
+    assert wfws.shared._pass is None
+    with pytest.raises(Exception):
+        wfws.blocks(torch.randn(2, 17, 7))  # a block raises mid-stack, after its pre-hook ran
+    assert wfws.shared._pass is None and "weight" not in wfws.blocks[0].attn.qkv.__dict__
+    assert copy.deepcopy(wfws).blocks[0].attn.qkv.weight is not None  # no non-leaf tensors left behind
+
+
+def test_shared_batchnorm_keeps_bn_weight_decay():
+    from spin.config import load_config as cfg_of
+    from spin.engine.optim import construct_optimizer
+
+    ws = share(vanilla("timm_convmixer"), share_rate=2, scope="norm")
+    cfg = cfg_of(opts=["SOLVER.WEIGHT_DECAY", "0.05", "BN.WEIGHT_DECAY", "0.0"])
+    decay = {id(p): g["weight_decay"] for g in construct_optimizer(ws, cfg).param_groups for p in g["params"]}
+    assert decay[id(ws.shared.sets[0].get_parameter("3.weight"))] == 0.0  # a shared BatchNorm
+    assert decay[id(ws.blocks[0][1].weight)] == 0.05  # the pointwise conv
 
 
 def test_shared_model_survives_deepcopy_move_and_ema():

@@ -85,7 +85,7 @@ def test_failing_trial_is_recorded_and_the_rest_finish(data, tmp_path, capsys):
                  "--out", out, *common(data, 1)]) == 0
     assert "2/3 trials done, 1 failed: grid/REDUCTION_FN=median-s0" in capsys.readouterr().out
     failed = [r for r in rows(out) if r["status"] == "failed"]
-    assert len(failed) == 1 and "unknown CONVMIXER.WEIGHT_SHARE.REDUCTION_FN 'median'" in failed[0]["error"]
+    assert len(failed) == 1 and "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN 'median': unknown weight fusion" in failed[0]["error"]
 
 
 def test_parent_child_wfws_trial_starts_from_the_parents_checkpoint(data, tmp_path):

@@ -11,7 +11,7 @@ from typing import Optional
 
 from yacs.config import CfgNode
 
-from ..fusion import FUSIONS
+from ..fusion import parse_fusion, parse_relax
 from ..sharing import DISTRIBUTIONS, MAPPINGS, SharingError, parse_scope
 from .defaults import CHOICES, FAMILY_SECTIONS, MODEL_FAMILIES, get_cfg
 from .parser import ConfigError
@@ -68,10 +68,14 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
         need(str(ws.SHARING_MAPPING).lower() in MAPPINGS + ("custom",),
              f"unknown {own}.SHARING_MAPPING {ws.SHARING_MAPPING!r}; allowed: {', '.join(MAPPINGS)}, "
              f"custom (with LAYER_MAP)")
-        fusion = str(ws.REDUCTION_FN).strip().lower()
-        need(fusion in ("none", "", "null") + FUSIONS,
-             f"unknown {own}.REDUCTION_FN {ws.REDUCTION_FN!r}; allowed: None, {', '.join(FUSIONS)}")
+        for key, parse in (("REDUCTION_FN", lambda v: parse_fusion(v)),
+                           ("RELAX", lambda v: parse_relax(v, ws.RELAX_RANK))):
+            try:
+                parse(ws[key])
+            except SharingError as e:
+                problems.append(f"{own}.{key} {ws[key]!r}: {e}")
         need(ws.SHARE_RATE >= 1, f"{own}.SHARE_RATE must be >= 1, got {ws.SHARE_RATE}")
+        need(ws.RELAX_RANK >= 0, f"{own}.RELAX_RANK must be >= 0, got {ws.RELAX_RANK}")
         need(ws.NUM_SETS >= 0, f"{own}.NUM_SETS must be >= 0 (0: DEPTH / SHARE_RATE), got {ws.NUM_SETS}")
         try:
             parse_scope(ws.SCOPE or None)
@@ -116,6 +120,8 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
          f"DATA.TRAIN_JITTER_SCALES_RELATIVE must be [min, max] with 0 < min <= max <= 1, got {sc}")
     need(len(ar) == 2 and 0 < ar[0] <= ar[1],
          f"DATA.TRAIN_JITTER_ASPECT_RELATIVE must be [min, max] with 0 < min <= max, got {ar}")
+    need(d.TRAIN_IMAGES_PER_CLASS >= 0,
+         f"DATA.TRAIN_IMAGES_PER_CLASS must be >= 0 (0: all), got {d.TRAIN_IMAGES_PER_CLASS}")
     need(cfg.DATA_LOADER.NUM_WORKERS >= 0,
          f"DATA_LOADER.NUM_WORKERS must be >= 0, got {cfg.DATA_LOADER.NUM_WORKERS}")
     a, m = cfg.AUG, cfg.MIXUP

@@ -44,6 +44,8 @@ _C.DATA.RANDOM_FLIP = True
 _C.DATA.VAL_CROP_RATIO = 0.875
 # torchvision data sets (cifar10/100) only download when asked.
 _C.DATA.DOWNLOAD = False
+# Train on the first N images of each class (sorted file order; 0 = all): small-data studies.
+_C.DATA.TRAIN_IMAGES_PER_CLASS = 0
 
 # ------------------------------------------------------------------------------ model
 _C.CONVMIXER = CfgNode()
@@ -81,6 +83,9 @@ def _weight_share(scope: str) -> CfgNode:
     # what is shared: the family's named parts joined with '+' or glob patterns on block-relative
     # parameter names ('' = the family's default: ConvMixer pointwise, DeiT attn+mlp, ...).
     ws.SCOPE = scope
+    # relaxed sharing: none | lora (per-layer rank-RELAX_RANK deltas) | scale (per-channel scale/shift)
+    ws.RELAX = "none"
+    ws.RELAX_RANK = 0
     return ws
 
 

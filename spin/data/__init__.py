@@ -22,16 +22,17 @@ def build_dataset(cfg, split: str):
     name = (cfg.TRAIN.DATASET if split == "train" else cfg.TEST.DATASET).lower()
     transform = build_train_transform(cfg) if split == "train" else build_eval_transform(cfg)
     root = cfg.DATA.PATH_TO_DATA_DIR
+    per_class = cfg.DATA.TRAIN_IMAGES_PER_CLASS if split == "train" else 0
     if name in ("cifar10", "cifar100"):
         if not root:
             raise DataError(f"DATA.PATH_TO_DATA_DIR is empty; set it to the folder for {name}")
-        return cifar(name, root, split == "train", transform, cfg.DATA.DOWNLOAD)
+        return cifar(name, root, split == "train", transform, cfg.DATA.DOWNLOAD, per_class)
     if name in SOURCES:  # digits, mnist: shipped inside packages, written once as a folder
         root = prepare_embedded(name, root)
     elif name not in ("imagenet", "folder"):
         raise DataError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
     classes = check_splits(root)
-    return ImageFolder(root, split, transform, classes)
+    return ImageFolder(root, split, transform, classes, per_class)
 
 
 class ShardSampler(Sampler):

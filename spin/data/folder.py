@@ -94,7 +94,9 @@ def load_rgb(path: str) -> Image.Image:
 
 
 class ImageFolder(Dataset):
-    def __init__(self, root: str, split: str, transform=None, classes=None):
+    """``per_class`` > 0 keeps the first ``per_class`` images of each class (sorted order)."""
+
+    def __init__(self, root: str, split: str, transform=None, classes=None, per_class: int = 0):
         split_dir = os.path.join(root, split)
         self.classes = classes or list_classes(split_dir)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
@@ -106,7 +108,7 @@ class ImageFolder(Dataset):
                 raise DataError(f"class folder {os.path.join(split_dir, c)!r} holds no images "
                                 f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder "
                                 f"(from every split)")
-            self.samples += [(f, self.class_to_idx[c]) for f in files]
+            self.samples += [(f, self.class_to_idx[c]) for f in (files[:per_class] if per_class else files)]
         self.targets = [t for _, t in self.samples]
         self.transform = transform
 

@@ -23,13 +23,15 @@ import torch.nn as nn
 import yaml
 
 from ..errors import SpinError
+from ..transform import init_relax
 from .engine import NonFiniteLossError
 from .runfolder import atomic_write
 
 _NAME = re.compile(r"^checkpoint_epoch_(\d{5})\.pyth$")
 # Keys a model may lack in a checkpoint and keep at their init: WFWS fusion coefficients
 # (a vanilla or timm checkpoint has none; they start at 1).
-OPTIONAL_KEYS = ("reduction_w.", "dwise_reduction_w.", "shared.coeffs.")
+RELAX_KEYS = ("relax_params.", "shared.relax_params.")
+OPTIONAL_KEYS = ("reduction_w.", "dwise_reduction_w.", "shared.coeffs.") + RELAX_KEYS
 
 
 class CheckpointError(SpinError, RuntimeError):
@@ -231,6 +233,10 @@ def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, em
     load_model_weights(model, ck["model_state"], source=path,
                        allow_missing=() if latest else OPTIONAL_KEYS)
     resume = latest is not None or not (cfg.TRAIN.CHECKPOINT_EPOCH_RESET or "epoch" not in ck)
+    relaxed_file = any(k.startswith(RELAX_KEYS) for k in ck["model_state"])
+    # A relaxed WFWS model started from a file without deltas (a vanilla one): fit them to its layers.
+    if not resume and not relaxed_file and init_relax(unwrap(model)):
+        say("fitted the relaxed-sharing deltas to the per-layer weights of the file")
     if ema is not None:
         if resume and "model_ema_state" in ck:
             ema.load_state_dict(ck["model_ema_state"])
@@ -263,14 +269,16 @@ def cfg_from_checkpoint(path: str, opts=(), ck: Optional[dict] = None):
     return cfg
 
 
-def build_model_from_checkpoint(path: str, opts=()):
+def build_model_from_checkpoint(path: str, opts=(), cfg=None):
     """Rebuild the model a checkpoint was trained with from its stored config (keys spin does not
-    know are skipped; ``opts`` are KEY VALUE overrides) and load its weights.
-    Returns (model, cfg, checkpoint)."""
+    know are skipped; ``opts`` are KEY VALUE overrides), or from ``cfg`` when given, and load its
+    weights. Returns (model, cfg, checkpoint)."""
+    from ..config import check_cfg
     from ..models import build_model
 
     ck = load_checkpoint(path)
-    cfg = cfg_from_checkpoint(path, opts, ck)
+    cfg = cfg if cfg is not None else cfg_from_checkpoint(path, opts, ck)
+    check_cfg(cfg, "stats")
     model = build_model(cfg)
     load_model_weights(model, ck["model_state"], source=path)
     return model, cfg, ck

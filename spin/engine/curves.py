@@ -4,12 +4,21 @@ display, no global pyplot state). Every training run writes OUTPUT_DIR/curves.pn
 evaluation and at its end; ``spin plot`` draws any runs side by side."""
 from __future__ import annotations
 
-import csv
 import io
 import os
 from typing import Optional, Sequence
 
+from .logging import MetricsCSV
 from .runfolder import RunFolderError, atomic_write
+
+
+def save_png(fig, path: str) -> None:
+    """A matplotlib Figure as a PNG file, written atomically (no pyplot, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -20,8 +29,7 @@ def read_metrics(run_dir: str) -> list[dict]:
     if not os.path.isfile(path):
         raise RunFolderError(f"{run_dir!r} has no checkpoints/metrics.csv: it is not a spin run folder, "
                              f"or its run has not finished an epoch yet")
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if (r.get("epoch") or "").isdigit()]
+    rows = MetricsCSV(path).rows()
     if not rows:
         raise RunFolderError(f"{path} holds no finished epoch yet")
     return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
@@ -29,7 +37,6 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 def plot_runs(run_dirs: Sequence[str], out: str, labels: Optional[Sequence[str]] = None) -> list[str]:
     """Draw the runs' curves into ``out`` (PNG, written atomically); returns the legend labels."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -58,7 +65,5 @@ def plot_runs(run_dirs: Sequence[str], out: str, labels: Optional[Sequence[str]]
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     legend = axes[2].legend(loc="lower right", fontsize="small")
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
-    atomic_write(out, lambda f: f.write(buf.getvalue()))
+    save_png(fig, out)
     return [t.get_text() for t in legend.get_texts()]

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from ..config import ConfigError
+from ..errors import SpinError
 from .distributed import DistInfo, cleanup, init_distributed, pick_device, under_torchrun
 
 
@@ -20,8 +21,16 @@ def _spawned(local_rank: int, cfg, init_method: str, job: Callable):
                             local_world_size=cfg.NUM_GPUS)
     try:
         job(cfg, info)
+    except SpinError as e:  # said once, by rank 0; the parent then reports that a process stopped
+        if local_rank == 0:
+            print(f"spin: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2)
     finally:
         cleanup()
+
+
+class LaunchError(SpinError, RuntimeError):
+    """A spawned training process stopped with an error (reported by that process)."""
 
 
 def launch(cfg, init_method: str, job: Callable):
@@ -37,7 +46,11 @@ def launch(cfg, init_method: str, job: Callable):
         if torch.cuda.device_count() < cfg.NUM_GPUS:
             raise ConfigError(f"NUM_GPUS is {cfg.NUM_GPUS} but this machine has "
                               f"{torch.cuda.device_count()} GPU(s); set NUM_GPUS accordingly")
-        torch.multiprocessing.spawn(_spawned, nprocs=cfg.NUM_GPUS, args=(cfg, init_method, job))
+        try:
+            torch.multiprocessing.spawn(_spawned, nprocs=cfg.NUM_GPUS, args=(cfg, init_method, job))
+        except torch.multiprocessing.ProcessExitedException as e:
+            raise LaunchError(f"training process {e.error_index} of {cfg.NUM_GPUS} stopped (exit {e.exit_code}); "
+                              f"its error is above") from None
         return None
     if cfg.NUM_SHARDS > 1:
         raise ConfigError("NUM_SHARDS > 1 needs one process per GPU on each machine: launch with "

@@ -1,8 +1,8 @@
 """A run folder is one run's, and stays consistent whatever happens to the process.
 
-* :class:`RunLock` — OUTPUT_DIR/.spin.lock names the process that trains there; a second
-  ``spin train`` on the folder is refused while that process lives. A lock left by a killed run
-  (its process is gone on this host) is stale and taken over.
+* :class:`RunLock` — an OS file lock on OUTPUT_DIR/.spin.lock, held by the process that trains
+  there; a second ``spin train`` on the folder is refused while that process lives. The lock ends
+  with its process, also when it is killed, and the next run takes the folder over.
 * :func:`atomic_write` — files appear complete or not at all; :func:`remove_temp_files` clears
   what a killed writer left.
 * :func:`record_config` — config.yaml is the config of the latest start; a start whose config
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import difflib
+import fcntl
 import glob
 import json
 import os
@@ -65,61 +66,62 @@ def remove_temp_files(*folders: str) -> list[str]:
     return gone
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
-    """Exclusive use of a run folder by this process (a context manager)."""
+    """Exclusive use of a run folder by this process (a context manager).
+
+    The lock is an OS file lock (``flock``) on OUTPUT_DIR/.spin.lock, so it ends with its process,
+    also under SIGKILL: no stale-pid guessing, no race between two runs taking over. The file names
+    the holder (pid, host, start) for the error message; a file left with a name in it was left by
+    a run that is gone, and :meth:`acquire` returns that name."""
 
     def __init__(self, folder: str):
         self.path = os.path.join(folder, LOCK_NAME)
-        self.held = False
+        self.fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def acquire(self) -> Optional[dict]:
-        """Take the lock; returns the stale lock it replaced (or None)."""
+        """Take the lock; returns what a run that is gone left in it (or None)."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        stale = None
-        for _ in range(2):
+        for _ in range(5):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._read()
-                if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) \
-                        and not _alive(holder["pid"]):
-                    os.remove(self.path)  # a killed run's lock: take over
-                    stale = holder
-                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_json(fd)
+                os.close(fd)
                 where = (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
                          if holder else "another process")
                 raise RunFolderError(
                     f"OUTPUT_DIR {os.path.dirname(self.path)!r} is in use by {where}; wait for that run, "
-                    f"stop it, or choose another OUTPUT_DIR (if that process is gone, delete {self.path})")
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return stale
+                    f"stop it, or choose another OUTPUT_DIR") from None
+            try:  # the file we locked must still be the one at the path (a holder deletes it on release)
+                current = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = False
+            if not current:
+                os.close(fd)
+                continue
+            left = _read_json(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            self.fd = fd
+            return left or None
         raise RunFolderError(f"could not take the lock {self.path}; retry")
 
-    def _read(self) -> dict:
-        try:
-            with open(self.path) as f:
-                data = json.load(f)
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
     def release(self) -> None:
-        if self.held and self._read().get("pid") == os.getpid():
-            os.remove(self.path)
-        self.held = False
+        if self.fd is None:
+            return
+        try:
+            os.remove(self.path)  # still holding the lock: nobody can take a deleted file's lock
+        except FileNotFoundError:
+            pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
     def __enter__(self):
         self.acquire()
@@ -127,6 +129,14 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _read_json(fd: int) -> dict:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def record_config(folder: str, text: str) -> Optional[str]:

@@ -140,6 +140,12 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
 
         ema = ModelEmaV3(model, decay=cfg.MODEL_EMA.DECAY)
     messages: list[str] = []
+    earlier = cu.latest_checkpoint(cfg.OUTPUT_DIR)
+    if earlier and not cfg.TRAIN.AUTO_RESUME:
+        raise cu.CheckpointError(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} holds checkpoints of an earlier run ({os.path.basename(earlier)}) "
+            f"and TRAIN.AUTO_RESUME is False: a fresh run there would mix with them; choose a new OUTPUT_DIR, "
+            f"or set TRAIN.AUTO_RESUME True to continue that run")
     start_epoch = cu.load_train_checkpoint(cfg, model, optimizer, scaler, ema and ema.module,
                                            say=messages.append)
     per_proc = cfg.TRAIN.BATCH_SIZE // info.local_world_size
@@ -153,10 +159,10 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
 
     lock = RunLock(cfg.OUTPUT_DIR) if info.is_master else None
     stale = lock.acquire() if lock else None
+    tb = None
     try:
         ckdir = cu.checkpoint_dir(cfg.OUTPUT_DIR)
         csv = MetricsCSV(os.path.join(ckdir, "metrics.csv"))
-        tb = None
         if info.is_master:  # the first writes of this run
             left = remove_temp_files(cfg.OUTPUT_DIR, ckdir)
             diff = record_config(cfg.OUTPUT_DIR, cfg.dump())
@@ -217,16 +223,16 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
                 if ema is not None:
                     ev = evaluate(ema.module, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
                     record.update(ema_val_top1_err=ev["top1_err"], ema_val_top5_err=ev["top5_err"])
+            if info.is_master:  # the row first: a resume drops rows of epochs after its checkpoint
+                log_epoch(record, max_epoch, csv, tb)
+                if "val_top1_err" in record:  # at each evaluation and at the end
+                    _plot_curves(cfg.OUTPUT_DIR, log)
             if (epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last:
                 if info.is_master:
                     last_ck = cu.save_checkpoint(cu.checkpoint_path(cfg.OUTPUT_DIR, epoch), core, epoch,
                                                  cfg, optimizer, scaler, extra={"classes": classes},
                                                  ema=ema and ema.module)
                 barrier()
-            if info.is_master:
-                log_epoch(record, max_epoch, csv, tb)
-                if "val_top1_err" in record:  # at each evaluation and at the end
-                    _plot_curves(cfg.OUTPUT_DIR, log)
         if start_epoch >= max_epoch:  # already trained (e.g. run.sh again): report, do not retrain
             log.info(f"{last_ck} already finished SOLVER.MAX_EPOCH {max_epoch}; evaluating it "
                      f"(raise MAX_EPOCH or change OUTPUT_DIR to train more)")
@@ -234,9 +240,9 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
             log_json_stats({"_type": "val_epoch", "epoch": f"{max_epoch}/{max_epoch}",
                             "top1_err": val["top1_err"], "top5_err": val["top5_err"],
                             "loss": val["loss"], "samples": val["samples"]})
+    finally:
         if tb is not None:
             tb.close()
-    finally:
         if lock:
             lock.release()
     return {"val": val, "parameters": n_params, "unique_parameters": unique_parameters(core),

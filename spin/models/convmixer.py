@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
 
-from ..fusion import coefficient_shape, fuse_sets, parse_fusion
+from ..fusion import (cached, coefficient_shape, fit_relax, fuse_sets, parse_fusion, parse_relax, relax_apply, relax_init,
+                      relax_shapes)
 from ..sharing import SCOPES, SharingError, SharingPlan, parse_scope
+from ..transform import param_tree
 from .registry import overlay_cfg, register_model, resolve_plan, split_plan_kwargs
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -147,12 +149,14 @@ class SpinConvMixer(nn.Module):
         pointwise_residual: bool = True,
         channels_last: bool = True,
         drop_path_rate: float = 0.0,
+        relax: Optional[str] = None,
+        relax_rank: int = 0,
     ):
         super().__init__()
         plan = _own_scope(plan or SharingPlan.unshared(depth))
         if plan.depth != depth:
             raise SharingError(f"sharing plan is for depth {plan.depth}, model depth is {depth}")
-        fusion = parse_fusion(fusion)
+        fusion, relax = parse_fusion(fusion), parse_relax(relax, relax_rank)
         if fusion and plan.shares("norm"):
             raise SharingError("weight fusion of shared BatchNorm is not supported (running "
                                "statistics cannot be fused exactly); drop 'norm' from the scope")
@@ -203,6 +207,17 @@ class SpinConvMixer(nn.Module):
         self.fused_pw = bool(fusion) and share_pw
         self._fusion_cache: dict = {}
         self._init_weights()
+        # Relaxed sharing: per-layer deltas on the shared parts (relax_params.{i}.<part>_<suffix>).
+        self.relax, self.relax_rank = relax, relax_rank
+        parts = {}
+        if relax and share_pw:
+            parts.update(pwise_w=(dim, dim, 1, 1), pwise_b=(dim,))
+        if relax and self.share_dwise:
+            parts.update(dwise_w=(dim, 1, kernel_size, kernel_size), dwise_b=(dim,))
+        self._relax_of = {n: v for n, v in ((n, relax_shapes(relax, shp, relax_rank)) for n, shp in parts.items()) if v}
+        if self._relax_of:
+            flat = {f"{n}_{x}": shape for n, v in self._relax_of.items() for x, shape in v.items()}
+            self.relax_params = nn.ModuleList([param_tree(relax_init(relax, flat)) for _ in range(depth)])
         self.pretrained_cfg = self.default_cfg = dict(
             PRETRAINED_CFG, num_classes=num_classes, input_size=(in_chans, 224, 224))
 
@@ -226,22 +241,23 @@ class SpinConvMixer(nn.Module):
     def _fused(self, weights: nn.ParameterList, coeffs: Optional[nn.ParameterList], is_bias: bool):
         """N fused sets (a tuple). Without autograd (eval, inference) the result is cached until a
         stored tensor changes (its version or storage), so WFWS inference costs what WS does."""
-        tensors = list(weights) + (list(coeffs) if coeffs is not None else [])
-        key = tuple((t._version, t.data_ptr()) for t in tensors) if not torch.is_grad_enabled() else None
-        cached = self._fusion_cache.get(id(weights))
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
-        c = torch.stack(list(coeffs)) if coeffs is not None else None  # (D, 1|C)
-        # N separate tensors: indexing one (N, ...) result per layer would make each layer's
-        # backward write a zero-filled (N, ...) gradient (32 x 38 MB per step at 768/32).
-        out = fuse_sets(self.plan, list(weights), self.fusion, c, is_bias)
-        if key is not None:
-            self._fusion_cache[id(weights)] = (key, out)
-        return out
+        def compute():
+            c = torch.stack(list(coeffs)) if coeffs is not None else None  # (D, 1|C)
+            # N separate tensors: indexing one (N, ...) result per layer would make each layer's
+            # backward write a zero-filled (N, ...) gradient (32 x 38 MB per step at 768/32).
+            return fuse_sets(self.plan, list(weights), self.fusion, c, is_bias)
 
-    def layer_weights(self) -> list[dict[str, torch.Tensor]]:
+        if torch.is_grad_enabled():
+            return compute()
+        tensors = list(weights) + (list(coeffs) if coeffs is not None else [])
+        return cached(self._fusion_cache, id(weights), tensors, compute)
+
+    _RELAXED = (("pw_w", "pwise_w"), ("pw_b", "pwise_b"), ("dw_w", "dwise_w"), ("dw_b", "dwise_b"))
+
+    def layer_weights(self, relaxed: bool = True) -> list[dict[str, torch.Tensor]]:
         """Per layer, the shared tensors it uses: keys pw_w, pw_b and, when shared, dw_w, dw_b,
-        norm_a, norm_b. WFWS fuses here, so the graph runs through all D stored sets."""
+        norm_a, norm_b. WFWS fuses here, so the graph runs through all D stored sets; relaxed
+        sharing adds each layer's delta (``relaxed=False``: the sets alone)."""
         coeffs = getattr(self, "reduction_w", None)
         if self.fused_pw:
             pw_w, pw_b = self._fused(self.pwise_w, coeffs, False), self._fused(self.pwise_b, None, True)
@@ -259,7 +275,55 @@ class SpinConvMixer(nn.Module):
         if self.share_norm:
             for i, g in enumerate(self.plan.layer_to_set):
                 out[i].update(norm_a=self.norm_a[g], norm_b=self.norm_b[g])
+        if relaxed and self._relax_of:
+            for i, w in enumerate(out):
+                for key, part in self._RELAXED:
+                    if part in self._relax_of:
+                        w[key] = relax_apply(self.relax, w[key], self._relax_params(i, part))
         return out
+
+    def _relax_params(self, i: int, part: str) -> dict:
+        return {x: getattr(self.relax_params[i], f"{part}_{x}") for x in self._relax_of[part]}
+
+    @staticmethod
+    def _originals(source: "SpinConvMixer"):
+        """Layer i's own weight of a part in ``source`` (a vanilla model, or a WFWS model's stored
+        per-layer copies): pointwise entries are always per layer at model level in both."""
+        def get(i: int, part: str) -> torch.Tensor:
+            if part.startswith("pwise") or hasattr(source, part):
+                return getattr(source, part)[i]
+            conv = source.blocks[i].dwise_blk[0]
+            return conv.weight if part == "dwise_w" else conv.bias
+        return get
+
+    def per_layer_weights(self, scope=None) -> list[dict[str, torch.Tensor]]:
+        """``spin.transform.layer_weights`` for this class: per layer, its own in-scope pointwise /
+        depthwise weights (stored copies of a vanilla or WFWS model; the set each layer reads in a
+        WS model); ``scope`` for a vanilla model, default the plan's (pointwise)."""
+        parts = self.plan.scope if self.plan.is_shared else _own_scope(SharingPlan(
+            self.plan.layer_to_set, parse_scope(scope))).scope
+        want = {"pwise": "pointwise" in parts, "dwise": "depthwise" in parts}
+        chosen = [(key, part) for key, part in self._RELAXED if want[part[:5]]]
+        if self.fusion or not self.plan.is_shared:
+            own = self._originals(self)
+            return [{part: own(i, part) for _, part in chosen} for i in range(self.depth)]
+        return [{part: w[key] for key, part in chosen} for w in self.layer_weights()]
+
+    @torch.no_grad()
+    def _fit_relax(self, originals) -> None:
+        bases = self.layer_weights(relaxed=False)
+        for i in range(self.depth):
+            for key, part in self._RELAXED:
+                if part not in self._relax_of:
+                    continue
+                fit_relax(self._relax_params(i, part), originals(i, part), bases[i][key])
+
+    def init_relax(self) -> bool:
+        """Fit the deltas of a relaxed WFWS model to its stored per-layer weights."""
+        if not (self._relax_of and self.fusion):
+            return False
+        self._fit_relax(self._originals(self))
+        return True
 
     # ------------------------------------------------------------------------ model contract
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -310,16 +374,20 @@ class SpinConvMixer(nn.Module):
         return total - drop
 
     @torch.no_grad()
-    def spin_share(self, plan: SharingPlan, fusion: Optional[str] = None) -> "SpinConvMixer":
+    def spin_share(self, plan: SharingPlan, fusion: Optional[str] = None, relax: Optional[str] = None,
+                   relax_rank: int = 0, fit_relax: bool = True) -> "SpinConvMixer":
         """``spin.share`` for this class: a new model with ``plan`` whose set g starts from its
-        first member layer (WS), or which keeps all D layers' weights to fuse (WFWS)."""
+        first member layer (WS), or which keeps all D layers' weights to fuse (WFWS); relaxed
+        deltas are fitted to this model's per-layer weights."""
         if self.plan.is_shared or self.fusion:
             raise SharingError("spin.share needs a vanilla ConvMixer; this one is already shared")
-        new = SpinConvMixer(**dict(self.arch, num_classes=self.num_classes), plan=plan, fusion=fusion)
+        new = SpinConvMixer(**dict(self.arch, num_classes=self.num_classes), plan=plan, fusion=fusion,
+                            relax=relax, relax_rank=relax_rank)
         src, dst = self.state_dict(), {}
         # Which source layer fills stored entry j of each model-level list: the set's first member
         # where the list holds N sets, layer j where it holds all D (vanilla part, or WFWS).
-        per_set = {"pwise": new.plan.shares("pointwise") and not fusion, "dwise": not fusion, "norm": True}
+        pw, dw = new.plan.shares("pointwise") and not fusion, not fusion
+        per_set = {"pwise_w": pw, "pwise_b": pw, "dwise_w": dw, "dwise_b": dw, "norm_a": True, "norm_b": True}
         source = {"pwise_w": "pwise_w.{l}", "pwise_b": "pwise_b.{l}", "dwise_w": "blocks.{l}.dwise_blk.0.weight",
                   "dwise_b": "blocks.{l}.dwise_blk.0.bias", "norm_a": "blocks.{l}.dwise_blk.2.{t}",
                   "norm_b": "blocks.{l}.bn2.{t}"}
@@ -327,11 +395,13 @@ class SpinConvMixer(nn.Module):
             head, _, rest = key.partition(".")
             if head in source:
                 j, _, tail = rest.partition(".")
-                layer = new.plan.groups[int(j)][0] if per_set[head[:5]] else int(j)
+                layer = new.plan.groups[int(j)][0] if per_set[head] else int(j)
                 dst[key] = src[source[head].format(l=layer, t=tail)]
-            else:  # reduction_w keep their init (ones); everything else has the same key
-                dst[key] = init if head.endswith("reduction_w") else src[key]
+            else:  # reduction_w and relax_params keep their init; everything else has the same key
+                dst[key] = init if head.endswith("reduction_w") or head == "relax_params" else src[key]
         new.load_state_dict(dst, strict=True)
+        if new._relax_of and fit_relax:
+            new._fit_relax(new._originals(self))
         new.train(self.training)
         return new
 
@@ -341,12 +411,13 @@ class SpinConvMixer(nn.Module):
         if not self.fusion:
             raise SharingError("fuse() needs a WFWS model (a REDUCTION_FN); this model has none")
         arch = dict(self.arch, num_classes=self.num_classes)  # reset_classifier may have run
-        ws = SpinConvMixer(**arch, plan=self.plan, fusion=None).to(self.pwise_w[0].device)
+        ws = SpinConvMixer(**arch, plan=self.plan, fusion=None, relax=self.relax,
+                           relax_rank=self.relax_rank).to(self.pwise_w[0].device)
         dropped = ("reduction_w.", "dwise_reduction_w.")
         dropped += ("pwise_",) if self.fused_pw else ()
         dropped += ("dwise_w.", "dwise_b.") if self.share_dwise else ()
         state = {k: v for k, v in self.state_dict().items() if not k.startswith(dropped)}
-        per_layer = self.layer_weights()
+        per_layer = self.layer_weights(relaxed=False)  # the sets; the deltas are copied as they are
         for g, group in enumerate(self.plan.groups):
             w = per_layer[group[0]]  # every member of the group reads the same fused tensors
             if self.fused_pw:
@@ -364,7 +435,9 @@ def _create(defaults: dict, **kwargs) -> SpinConvMixer:
     overlay = args.pop("pretrained_cfg_overlay", None)
     plan_kwargs = split_plan_kwargs(args)
     plan = resolve_plan(args.get("depth", 32), plan_kwargs)
-    return overlay_cfg(SpinConvMixer(**args, plan=plan, fusion=plan_kwargs.get("fusion")), overlay)
+    return overlay_cfg(SpinConvMixer(**args, plan=plan, fusion=plan_kwargs.get("fusion"),
+                                     relax=plan_kwargs.get("relax"), relax_rank=plan_kwargs.get("relax_rank", 0)),
+                       overlay)
 
 
 _SPIN_768 = dict(dim=768, depth=32, patch_kernel=14, kernel_size=3, act="relu")

@@ -7,7 +7,7 @@ place) and from WEIGHT_SHARE for every other family.
 from __future__ import annotations
 
 from ..config import FAMILY_SECTIONS, MODEL_FAMILIES, ConfigError
-from ..fusion import parse_fusion
+from ..fusion import parse_fusion, parse_relax
 from ..sharing import SharingError, SharingPlan, build_plan
 from .convmixer import SpinConvMixer
 from .convnext_iso import convnext_isotropic
@@ -40,6 +40,12 @@ def fusion_from_cfg(cfg):
     return parse_fusion(ws.REDUCTION_FN) if ws.ENABLE else None
 
 
+def relax_from_cfg(cfg) -> dict:
+    ws = plan_section(cfg)
+    relax = parse_relax(ws.RELAX) if ws.ENABLE else None
+    return {"relax": relax, "relax_rank": ws.RELAX_RANK if relax == "lora" else 0}
+
+
 def plan_from_cfg(cfg) -> SharingPlan:
     ws, where, depth = plan_section(cfg), plan_section_name(cfg), model_depth(cfg)
     if not ws.ENABLE:
@@ -69,7 +75,7 @@ def model_kwargs(cfg) -> dict:
     fam, d = family(cfg), cfg.DATA
     in_chans = d.INPUT_CHANNEL_NUM[0]
     common = dict(num_classes=cfg.MODEL.NUM_CLASSES, in_chans=in_chans, drop_rate=cfg.MODEL.DROPOUT_RATE,
-                  plan=plan_from_cfg(cfg), fusion=fusion_from_cfg(cfg),
+                  plan=plan_from_cfg(cfg), fusion=fusion_from_cfg(cfg), **relax_from_cfg(cfg),
                   pretrained_cfg_overlay=dict(
                       input_size=(in_chans, d.TEST_CROP_SIZE, d.TEST_CROP_SIZE),
                       crop_pct=d.VAL_CROP_RATIO, interpolation=cfg.AUG.INTERPOLATION,

@@ -1,7 +1,8 @@
 """Named model builders (timm style): ``create_model("ws_deit_small_patch16_224", num_classes=10)``.
 
 Every builder takes the plan keywords (``share_rate``, ``num_sets``, ``distribution``, ``mapping``,
-``seed``, ``scope``, or a ready ``plan``) and ``fusion`` beside its model keywords, and
+``seed``, ``scope``, or a ready ``plan``), ``fusion`` and ``relax`` / ``relax_rank`` beside its model
+keywords, and
 ``pretrained_cfg_overlay`` (entries replacing the model's ``pretrained_cfg``, as in timm).
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Callable, Optional
 
 import torch.nn as nn
 
+from ..config import ConfigError
 from ..fusion import parse_fusion
 from ..transform import share
 from ..sharing import SharingPlan, build_plan
@@ -49,13 +51,14 @@ def list_models() -> list[str]:
 
 def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     return _MODELS[name](**kwargs)
 
 
 def split_plan_kwargs(kwargs: dict) -> dict:
-    """Pop the plan keywords (and ``plan``, ``fusion``) out of a builder's keywords."""
-    return {k: kwargs.pop(k) for k in (*PLAN_KEYS, "plan", "fusion") if k in kwargs}
+    """Pop the plan keywords (and ``plan``, ``fusion``, ``relax``, ``relax_rank``) out of a
+    builder's keywords."""
+    return {k: kwargs.pop(k) for k in (*PLAN_KEYS, "plan", "fusion", "relax", "relax_rank") if k in kwargs}
 
 
 def resolve_plan(depth: int, plan_kwargs: dict) -> Optional[SharingPlan]:
@@ -75,7 +78,9 @@ def apply_sharing(model: nn.Module, plan_kwargs: dict) -> nn.Module:
     fusion = plan_kwargs.get("fusion")
     if not plan.is_shared and not parse_fusion(fusion):
         return model
-    return share(model, plan=plan, fusion=fusion, inplace=True)
+    # A model built from its keywords starts from scratch: its deltas at their init (plain WS).
+    return share(model, plan=plan, fusion=fusion, relax=plan_kwargs.get("relax"),
+                 relax_rank=plan_kwargs.get("relax_rank", 0), fit_relax=False, inplace=True)
 
 
 def overlay_cfg(model: nn.Module, overlay: Optional[dict]) -> nn.Module:

@@ -18,10 +18,11 @@ from collections import defaultdict
 from typing import Optional
 
 from ..config import load_config
-from ..engine.curves import read_metrics
+from ..engine.curves import read_metrics, save_png
 from ..engine.runfolder import RunFolderError, atomic_write
 from ..errors import SpinError
 from .run import STATUS, read_status
+from .spec import max_epoch
 
 FIELDS = ["group", "trial", "seed", "kind", "params", "unique_params", "gmacs", "final_top1", "best_top1",
           "final_top5", "best_top5", "epochs", "max_epoch", "train_time_s", "status", "error"]
@@ -44,15 +45,8 @@ def _describe(cfg_files, opts, cache: dict) -> dict:
                           "gmacs": round(row["GMACs"], 6), "kind": kind}
         except SpinError:
             cache[key] = {}
-        cache[key]["max_epoch"] = _max_epoch(cfg_files, arch_opts)
+        cache[key]["max_epoch"] = max_epoch(cfg_files, arch_opts)
     return cache[key]
-
-
-def _max_epoch(cfg_files, opts) -> Optional[int]:
-    try:
-        return load_config(list(cfg_files), opts).SOLVER.MAX_EPOCH
-    except SpinError:
-        return None
 
 
 def collect(out: str) -> tuple[list[dict], list[str]]:
@@ -132,14 +126,6 @@ def summary_markdown(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _png(fig, path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
 def plot_accuracy_vs_params(points: list[dict], path: str) -> None:
     from matplotlib.figure import Figure
 
@@ -147,15 +133,22 @@ def plot_accuracy_vs_params(points: list[dict], path: str) -> None:
     ax = fig.subplots()
     colors = {"vanilla": "tab:blue", "WS": "tab:orange", "WFWS": "tab:green"}
     shown = set()
-    for p in points:
-        if p["final_mean"] is None or not p["unique_params"]:
-            continue
+    drawn = [p for p in points if p["final_mean"] is not None and p["unique_params"]]
+    crowd = defaultdict(list)  # many trials of one size (a mapping grid): one label for them all
+    for p in drawn:
+        crowd[p["unique_params"]].append(p)
+    for p in drawn:
         kind = p["kind"] or "?"
         ax.errorbar(p["unique_params"], p["final_mean"], yerr=p["final_std"], fmt="o", capsize=3,
                     color=colors.get(kind, "tab:gray"), label=kind if kind not in shown else None)
         shown.add(kind)
-        ax.annotate(f"{p['group']}/{p['trial']}", (p["unique_params"], p["final_mean"]), fontsize=6,
-                    xytext=(3, 2), textcoords="offset points", alpha=0.8)
+        same = crowd[p["unique_params"]]
+        if len(same) <= 3:
+            ax.annotate(f"{p['group']}/{p['trial']}", (p["unique_params"], p["final_mean"]), fontsize=6,
+                        xytext=(3, 2), textcoords="offset points", alpha=0.8)
+        elif p is max(same, key=lambda q: q["final_mean"]):
+            ax.annotate(f"{len(same)} trials of this size", (p["unique_params"], p["final_mean"]), fontsize=6,
+                        xytext=(3, 6), textcoords="offset points", alpha=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("unique parameters")
     ax.set_ylabel("final val top-1 (%), mean ± std over seeds")
@@ -163,7 +156,7 @@ def plot_accuracy_vs_params(points: list[dict], path: str) -> None:
     ax.grid(alpha=0.3)
     if shown:
         ax.legend()
-    _png(fig, path)
+    save_png(fig, path)
 
 
 def plot_per_key(rows: list[dict], keys: list[str], out: str) -> list[str]:
@@ -196,7 +189,7 @@ def plot_per_key(rows: list[dict], keys: list[str], out: str) -> list[str]:
             if len(series) > 1:
                 ax.legend(fontsize="small")
             path = os.path.join(out, f"{group}_{key.split('.')[-1]}.png")
-            _png(fig, path)
+            save_png(fig, path)
             written.append(path)
     return written
 

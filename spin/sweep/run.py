@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 import traceback
@@ -24,7 +25,7 @@ from ..engine.checkpoint import checkpoint_path, epochs_done, latest_checkpoint
 from ..engine.logging import format_eta
 from ..engine.runfolder import atomic_write
 from ..errors import SpinError
-from .spec import SweepError, Trial
+from .spec import SweepError, Trial, max_epoch
 
 STATUS = "sweep_trial.json"
 
@@ -52,17 +53,17 @@ def identity(t: Trial) -> dict:
             "cfg_files": t.cfg_files, "opts": t.run_opts}
 
 
-def trial_epochs(t: Trial) -> int:
-    return load_config(t.cfg_files, t.opts).SOLVER.MAX_EPOCH
-
-
 def is_done(t: Trial) -> bool:
     if read_status(t.out).get("status") != "done":
         return False
-    try:
-        return os.path.isfile(checkpoint_path(t.out, trial_epochs(t) - 1))
-    except SpinError:
-        return False
+    epochs = max_epoch(t.cfg_files, t.opts)
+    return epochs is not None and os.path.isfile(checkpoint_path(t.out, epochs - 1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_trial(spec: dict) -> dict:
@@ -74,10 +75,16 @@ def run_trial(spec: dict) -> dict:
     out = spec["out"]
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    init_method = f"tcp://127.0.0.1:{_free_port()}"  # a local trial with NUM_GPUS > 1 spawns
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # a multi-GPU SLURM trial: one task per GPU
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export()
+        init_method = "env://"
+        if int(os.environ.get("SLURM_PROCID", "0")) != 0:  # rank 0 alone keeps the trial's record
+            cfg = load_config(spec["cfg_files"], spec["opts"])
+            launch(cfg, init_method, run_net_job)
+            return {}
     last = latest_checkpoint(out)
     start = 0 if last is None else epochs_done(last)
     attempts = read_status(out).get("attempts", []) + [{"start_epoch": start, "pid": os.getpid(),
@@ -86,7 +93,7 @@ def run_trial(spec: dict) -> dict:
     t0 = time.time()
     try:
         cfg = load_config(spec["cfg_files"], spec["opts"])
-        launch(cfg, "env://", run_net_job)
+        launch(cfg, init_method, run_net_job)
     except SpinError as e:
         return write_status(out, status="failed", error=str(e).splitlines()[0], seconds=time.time() - t0)
     except Exception as e:  # noqa: BLE001  (a bug in one trial must not stop the others)

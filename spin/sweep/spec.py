@@ -185,6 +185,14 @@ def load_sweep_file(path: str) -> tuple[dict, list[Trial]]:
     return {"seeds": seeds, "cfg_files": cfg_files, "description": spec.get("description", "")}, trials
 
 
+def max_epoch(cfg_files, opts) -> Optional[int]:
+    """SOLVER.MAX_EPOCH of a trial's config (None when the config does not load)."""
+    try:
+        return load_config(list(cfg_files), list(opts)).SOLVER.MAX_EPOCH
+    except ConfigError:
+        return None
+
+
 def finalize(trials: list[Trial], out: str) -> list[Trial]:
     """Output folders; parents resolved to their final checkpoints and ordered first; every
     trial's config loaded and checked (a broken trial is returned with its error, not raised)."""
@@ -198,10 +206,7 @@ def finalize(trials: list[Trial], out: str) -> list[Trial]:
             parent = by_key.get(t.parent_key)
             if parent is None:
                 raise SweepError(f"trial {t.key} names parent {t.parent!r}, which is not a trial of this sweep")
-            try:
-                epochs = load_config(parent.cfg_files, parent.opts).SOLVER.MAX_EPOCH
-            except ConfigError:  # the parent itself is broken: it fails, and so will this trial
-                epochs = 1
+            epochs = max_epoch(parent.cfg_files, parent.opts) or 1  # a broken parent fails; so will t
             t.start_from = checkpoint_path(parent.out, epochs - 1)
     ordered, seen = [], set()
 
