@@ -278,7 +278,8 @@ def export_main(argv: Sequence[str]):
     print(f"{res['output']}: {res['format']}, {human_bytes(res['file_bytes'])} (weights "
           f"{human_bytes(res['stored_bytes'])} in {res['stored_tensors']} tensors)")
     print(f"parameters {res['params']:,}, unique {res['unique_params']:,} ({human_bytes(res['unique_bytes'])} fp32); "
-          f"max |logit difference| vs PyTorch {res['max_abs_diff']:.2e} at batch {res['batches']}")
+          f"max |logit difference| vs PyTorch {res['max_abs_diff']:.2e} (logits up to {res['logit_scale']:.3g}) "
+          f"at batch {res['batches']}")
     return res
 
 

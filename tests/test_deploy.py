@@ -118,3 +118,16 @@ def test_bench_reports_onnxruntime_beside_eager(tmp_path):
     res = json.loads((tmp_path / "tiny-cpu-onnx.json").read_text())
     assert all(r["onnx_infer_img_s"] > 0 for r in res["models"].values())
     assert "spin_ws onnxruntime/eager infer" in res["ratios"]
+
+
+def test_logit_check_is_relative_to_the_logits_and_a_failure_writes_nothing(tmp_path):
+    cfg = load_config([TINY], [])
+    model = randomize_bn(build_model(cfg))
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(1e5)  # logits ~1e4: float32 rounding alone is ~1e-3 there
+    ck = cu.save_checkpoint(str(tmp_path / "big.pyth"), model, 0, cfg)
+    res = export_checkpoint(ck, "onnx", str(tmp_path / "big.onnx"))
+    assert res["logit_scale"] > 1e3 and res["max_abs_diff"] <= 1e-4 * res["logit_scale"]
+    with pytest.raises(DeployError, match="logits differ from PyTorch's"):
+        export_checkpoint(ck, "onnx", str(tmp_path / "strict.onnx"), tolerance=-1.0)
+    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.pyth"]  # no temporary file left either
