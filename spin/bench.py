@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from .errors import SpinError
 from .models import SpinConvMixer, create_model
+from .paths import check_folder
 from .transform import unique_parameters
 from .sharing import build_plan
 from .stats import count_macs
@@ -391,8 +392,7 @@ def main(argv=None) -> list[dict]:
         raise BenchError("--device cuda but CUDA is not available here; use --device cpu")
     if not cuda and args.device != "cpu":
         raise BenchError(f"unknown --device {args.device!r}; allowed: cpu, cuda, cuda:N")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise BenchError(f"--out {args.out!r} is a file; give a folder")
+    check_folder(args.out, "--out")
     amp = args.amp or ("bf16" if cuda else None)
     cl = args.channels_last if args.channels_last is not None else cuda
     results = []

@@ -16,6 +16,7 @@ from .engine.checkpoint import cfg_from_checkpoint
 from .engine.distributed import under_torchrun
 from .engine.launch import launch, run_net_job, test_job
 from .errors import SpinError
+from .paths import check_file, check_folder
 from .sweep.run import SweepStopped
 
 
@@ -175,9 +176,8 @@ def plot_main(argv: Sequence[str]):
                                              "curves.png here for several)")
     p.add_argument("--labels", default="", help="comma list of legend labels (default: folder names)")
     args = p.parse_args(argv)
-    if args.out and not args.out.lower().endswith(".png"):
-        raise ConfigError(f"--out {args.out!r} must name a .png file")
     out = args.out or (os.path.join(args.runs[0], "curves.png") if len(args.runs) == 1 else "curves.png")
+    check_file(out, "--out", suffix=".png")
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     if labels and len(labels) != len(args.runs):
         raise ConfigError(f"--labels has {len(labels)} entries for {len(args.runs)} runs; give one per run")
@@ -188,44 +188,67 @@ def plot_main(argv: Sequence[str]):
 
 def sweep_main(argv: Sequence[str]):
     """spin sweep --cfg BASE.yaml --grid KEY V1,V2 [--seeds 3] --out DIR | --sweep FILE --out DIR | --report DIR"""
-    from .sweep import finalize, grid_trials, load_sweep_file, parse_values, run_sweep, slurm_submission, write_report
+    from .sweep import (check_not_reserved, check_trials, finalize, grid_trials, load_sweep_file, parse_values,
+                        run_sweep, slurm_submission, write_report)
 
     p = ArgumentParser(prog="spin sweep", description=sweep_main.__doc__)
     p.add_argument("--cfg", action="append", default=[], help="base config (may repeat)")
     p.add_argument("--grid", nargs=2, action="append", default=[], metavar=("KEY", "V1,V2,..."),
                    help="one grid axis (may repeat: cartesian product); a YAML list for list values")
     p.add_argument("--sweep", default="", help="a sweep YAML file with named groups of trials")
-    p.add_argument("--seeds", type=int, default=0, help="seeds per grid point (RNG_SEED 0..N-1; default 1)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per grid point (RNG_SEED 0..N-1; default 1)")
     p.add_argument("--out", default="", help="the sweep folder: one run folder per trial, results, plots")
     p.add_argument("--jobs", type=int, default=1, help="local executor: trials at once (CPU threads are split)")
     p.add_argument("--executor", choices=["local", "slurm"], default="local")
-    p.add_argument("--slurm-partition", default="")
-    p.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per trial (one task each: DDP)")
-    p.add_argument("--slurm-cpus", type=int, default=10, help="CPUs per task")
-    p.add_argument("--slurm-time", type=int, default=24 * 60, help="time limit per trial, minutes")
-    p.add_argument("--slurm-array-parallelism", type=int, default=64)
+    slurm_defaults = {"partition": "", "gpus": 1, "cpus": 10, "time": 24 * 60, "array_parallelism": 64}
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per trial (one task each: DDP; default 1)")
+    p.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per task (default 10)")
+    p.add_argument("--slurm-time", type=int, default=None, help="time limit per trial, minutes (default 1440)")
+    p.add_argument("--slurm-array-parallelism", type=int, default=None, help="(default 64)")
     p.add_argument("--dry-run", action="store_true", help="list the trials (and the SLURM submission); run nothing")
     p.add_argument("--report", default="", metavar="DIR", help="rebuild DIR's tables and plots from its run folders")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every trial")
     args = parse(p, argv)
+    slurm_given = {k: getattr(args, "slurm_" + k) for k in slurm_defaults if getattr(args, "slurm_" + k) is not None}
     if args.report:
+        others = [flag for flag, given in (("--cfg", args.cfg), ("--grid", args.grid), ("--sweep", args.sweep),
+                                           ("--out", args.out), ("--seeds", args.seeds is not None),
+                                           ("--dry-run", args.dry_run), ("--slurm-*", slurm_given),
+                                           ("KEY VALUE overrides", args.opts)) if given]
+        if others:
+            raise ConfigError(f"--report DIR only rebuilds DIR's tables and plots; drop {', '.join(others)}")
+        if not os.path.isdir(args.report):
+            raise ConfigError(f"--report {args.report!r} is not a folder; give the --out folder of a sweep")
+        check_folder(args.report, "--report")
         res = write_report(args.report)
         print(f"{len(res['rows'])} trials: {args.report}/results.csv, summary.md, {len(res['plots'])} plots")
         return res
     if not args.out:
         raise ConfigError("spin sweep needs --out DIR (the sweep folder), or --report DIR")
+    check_folder(args.out, "--out")
     if bool(args.sweep) == bool(args.grid):
         raise ConfigError("give either --sweep FILE or --cfg BASE.yaml with --grid KEY V1,V2 (not both)")
-    for name, value, low in (("--jobs", args.jobs, 1), ("--seeds", args.seeds, 0), ("--slurm-gpus", args.slurm_gpus, 0),
-                             ("--slurm-time", args.slurm_time, 1), ("--slurm-array-parallelism",
-                                                                    args.slurm_array_parallelism, 1)):
+    if slurm_given and args.executor != "slurm":
+        raise ConfigError(f"--slurm-{', --slurm-'.join(k.replace('_', '-') for k in slurm_given)} given with the "
+                          f"local executor; add --executor slurm, or drop them")
+    slurm = {**slurm_defaults, **slurm_given}
+    for name, value, low in (("--jobs", args.jobs, 1), ("--seeds", 1 if args.seeds is None else args.seeds, 1),
+                             ("--slurm-gpus", slurm["gpus"], 0), ("--slurm-cpus", slurm["cpus"], 1),
+                             ("--slurm-time", slurm["time"], 1),
+                             ("--slurm-array-parallelism", slurm["array_parallelism"], 1)):
         if value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
     if len(args.opts) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd list: {args.opts}")
+    check_not_reserved(args.opts, "the command line's overrides")
+    keys = [key for key, _ in args.grid]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"--grid {', '.join(twice)} given more than once; list all its values in one --grid")
     if args.sweep:
         settings, trials = load_sweep_file(args.sweep)
-        if args.cfg or args.seeds:
+        if args.cfg or args.seeds is not None:
             raise ConfigError("--cfg and --seeds come from the sweep file with --sweep; edit the file")
         for t in trials:  # the command line's overrides come after the file's
             t.opts = t.opts + list(args.opts)
@@ -236,10 +259,9 @@ def sweep_main(argv: Sequence[str]):
         trials = grid_trials("grid", args.cfg, list(args.opts), grid, args.seeds or 1)
     if args.executor == "slurm":  # a trial's processes are its SLURM tasks, one per GPU
         for t in trials:
-            t.opts = t.opts + ["NUM_GPUS", str(args.slurm_gpus)]
+            t.opts = t.opts + ["NUM_GPUS", str(slurm["gpus"])]
     trials = finalize(trials, args.out)
-    slurm = dict(partition=args.slurm_partition, gpus=args.slurm_gpus, cpus=args.slurm_cpus,
-                 time=args.slurm_time, array_parallelism=args.slurm_array_parallelism)
+    check_trials(trials)
     if args.dry_run:
         for t in trials:
             print(f"{t.key}: {' '.join(t.run_opts)}" + (f"  (after {t.parent_key})" if t.parent else ""))
@@ -288,7 +310,7 @@ def analyze_main(argv: Sequence[str]):
     from .analyze import analyze
     from .data import build_dataset, build_loader
     from .engine.checkpoint import build_model_from_checkpoint
-    from .models.factory import plan_section_name
+    from .models.factory import model_depth, plan_section_name
 
     p = ArgumentParser(prog="spin analyze", description=analyze_main.__doc__)
     p.add_argument("--checkpoint", required=True, help="a trained checkpoint (its stored cfg builds the model)")
@@ -296,26 +318,34 @@ def analyze_main(argv: Sequence[str]):
     p.add_argument("--images", type=int, default=512, help="validation images for CKA (>= 4)")
     p.add_argument("--out", default="", help="folder for cka.png, weights.png, analysis.json "
                                              "(default: OUTPUT_DIR/analysis beside the checkpoints)")
-    p.add_argument("--suggest", type=int, default=0, metavar="N", help="suggest plans with N sets")
-    p.add_argument("--by", choices=["weights", "cka"], default="weights",
-                   help="the similarity the suggestions group by (default: the in-scope weights)")
+    p.add_argument("--suggest", type=int, default=None, metavar="N", help="suggest plans with N sets")
+    p.add_argument("--by", choices=["weights", "cka"], default=None,
+                   help="the similarity --suggest groups by (default: the in-scope weights)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parse(p, argv)
     if args.images < 4:
         raise ConfigError(f"--images must be >= 4 (the unbiased CKA estimator needs 4 per batch), got {args.images}")
-    if args.suggest < 0:
-        raise ConfigError(f"--suggest must be a number of sets >= 1 (or 0: no suggestion), got {args.suggest}")
-    cfg = load_config(args.cfg, args.opts) if args.cfg else None
-    model, cfg, _ = build_model_from_checkpoint(args.checkpoint, args.opts, cfg)
-    val = build_dataset(cfg, "val")
-    loader = build_loader(cfg, val, False, max(4, min(cfg.TEST.BATCH_SIZE, args.images)))
+    if args.suggest is not None and args.suggest < 1:
+        raise ConfigError(f"--suggest must be a number of sets >= 1, got {args.suggest}")
+    if args.by and args.suggest is None:
+        raise ConfigError("--by chooses what --suggest groups by; add --suggest N (or drop --by)")
     folder = os.path.dirname(os.path.abspath(args.checkpoint))
     out = args.out or (os.path.join(os.path.dirname(folder), "analysis") if os.path.basename(folder) == "checkpoints"
                        else os.path.splitext(os.path.abspath(args.checkpoint))[0] + "-analysis")
-    res = analyze(model, loader, args.images, out, args.suggest, args.by, plan_section_name(cfg))
+    check_folder(out, "--out")
+    cfg = load_config(args.cfg, args.opts) if args.cfg else None
+    model, cfg, _ = build_model_from_checkpoint(args.checkpoint, args.opts, cfg)
+    depth = model_depth(cfg)
+    if args.suggest is not None and args.suggest > depth:
+        raise ConfigError(f"--suggest {args.suggest}: a plan has at most one set per layer; give 1 <= N <= "
+                          f"the depth {depth}")
+    val = build_dataset(cfg, "val")
+    loader = build_loader(cfg, val, False, max(4, min(cfg.TEST.BATCH_SIZE, args.images)))
+    res = analyze(model, loader, args.images, out, args.suggest or 0, args.by or "weights",
+                  plan_section_name(cfg))
     print(f"{out}: cka.png, weights.png, analysis.json ({res['images']} images, {len(res['cka'])} layers)")
     for cand in res.get("suggestions", []):
-        print(f"\n{cand['name']}: layer map {cand['layer_map']}, mean within-group {args.by} similarity "
+        print(f"\n{cand['name']}: layer map {cand['layer_map']}, mean within-group {res['suggested_by']} similarity "
               f"{cand['mean_within_similarity']:.4f}, relative fusion error {cand['fusion_error']:.4f}")
         if "best" in cand["name"]:
             print(cand["yaml"].rstrip())
@@ -340,11 +370,14 @@ def main(argv: Sequence[str] = None) -> int:
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         report(ConfigError(f"unknown command {argv[0]!r}; commands: {', '.join(shown)} (spin --help)"))
         return 2
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        report(ConfigError(f"no command given; commands: {', '.join(shown)} (spin --help)"))
+        return 2
+    if argv[0] in ("-h", "--help"):
         print("usage: spin {" + "|".join(shown) + "} [--cfg FILE] [KEY VALUE ...]")
         for name in shown:
             print(f"  {name:8s} {COMMANDS[name].__doc__.strip().splitlines()[0]}")
-        return 0 if argv else 2
+        return 0
     try:
         COMMANDS[argv[0]](argv[1:])
     except SweepStopped as e:  # Ctrl-C during a sweep: said what stopped and how to resume
@@ -352,6 +385,12 @@ def main(argv: Sequence[str] = None) -> int:
         return 130
     except SpinError as e:
         report(e)
+        return 2
+    except OSError as e:  # the paths are checked before the work; this is what no check foresaw
+        if e.errno is None:
+            raise
+        where = f" {e.filename!r}" if e.filename else ""
+        report(ConfigError(f"cannot use{where}: {e.strerror}; check the path, its permissions and free space"))
         return 2
     return 0
 

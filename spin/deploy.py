@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -24,6 +26,7 @@ from .engine import checkpoint as cu
 from .engine.runfolder import atomic_write
 from .errors import SpinError
 from .models.factory import plan_section
+from .paths import check_file
 from .transform import fuse, sharing_of, unique_parameters
 
 FORMATS = ("onnx", "pt2")
@@ -176,8 +179,7 @@ def export_checkpoint(checkpoint: str, fmt: str, out: str = "", cfg=None, opts=(
     if not 7 <= opset <= 23:
         raise DeployError(f"--opset must be in 7..23, got {opset}")
     out = out or os.path.splitext(checkpoint)[0] + "." + fmt
-    if os.path.exists(out) and not overwrite:
-        raise DeployError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    check_file(out, "--out", overwrite, inputs=[checkpoint], suffix="." + fmt)  # spin predict reads the suffix
     model, cfg, ck = load_ws_model(checkpoint, cfg, opts)
     classes = ck.get("classes") or []
     folder = os.path.dirname(os.path.abspath(out))
@@ -214,8 +216,16 @@ def load_artifact(path: str):
         if path.endswith(".onnx"):
             meta, session = onnx_metadata(path), onnx_session(path)
             return (lambda x: run_onnx(session, x)), meta.get("spin_cfg"), json.loads(meta.get("spin_classes", "[]"))
+        if not zipfile.is_zipfile(path):  # torch.export.load would log a traceback before raising
+            raise DeployError(f"{path!r} is not a .pt2 archive (not a zip file); export it again with spin export")
         files = {"spin_cfg.yaml": "", "spin_classes.json": ""}
-        module = torch.export.load(path, extra_files=files).module()
+        logger = logging.getLogger("torch.export")
+        level = logger.level
+        logger.setLevel(logging.ERROR)  # its warning (with a traceback) repeats the error we raise
+        try:
+            module = torch.export.load(path, extra_files=files).module()
+        finally:
+            logger.setLevel(level)
         return module, files["spin_cfg.yaml"] or None, json.loads(files["spin_classes.json"] or "[]")
     except DeployError:
         raise

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-
 from .config import check_cfg
 from .engine import checkpoint as cu
 from .engine.runfolder import atomic_write
 from .models.factory import fusion_from_cfg, plan_section, plan_section_name
+from .paths import check_file
 from .transform import fuse
 
 
@@ -38,10 +38,10 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
             f"spin fuse needs the WFWS config the checkpoint was trained with ({where}.ENABLE True "
             f"and {where}.REDUCTION_FN set, e.g. configs/WFWS-ConvMixer.yaml)")
     st_path = os.path.splitext(output)[0] + ".safetensors" if safetensors else None
-    for path in filter(None, (output, st_path)):
-        if os.path.exists(path) and not overwrite:
-            raise cu.CheckpointError(f"{path} already exists; pass --overwrite to replace it or "
-                                     f"choose another --output")
+    for path, name in ((output, "--output"), (st_path, "the .safetensors beside --output")):
+        if path:
+            check_file(path, name, overwrite, inputs=[checkpoint])
+    bytes_before = os.path.getsize(checkpoint)
     wfws, _, ck = cu.build_model_from_checkpoint(checkpoint, cfg=cfg)
     wfws.eval()
     ws = fuse(wfws)
@@ -63,7 +63,7 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
         "params_before": sum(p.numel() for p in wfws.parameters()),
         "params_after": sum(p.numel() for p in ws.parameters()),
         "state_bytes_after": _state_bytes(state),
-        "file_bytes_before": os.path.getsize(checkpoint), "file_bytes_after": os.path.getsize(output),
+        "file_bytes_before": bytes_before, "file_bytes_after": os.path.getsize(output),
         "safetensors_bytes": os.path.getsize(st_path) if st_path else None,
     }
 

@@ -219,7 +219,17 @@ def test_relax_config_keys_and_a_vanilla_checkpoint_start(tmp_path):
     assert said[0].startswith("fitted the relaxed-sharing deltas")
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model.eval()(x), vanilla.eval()(x), rtol=1e-4, atol=1e-4)  # full rank 32
-    with pytest.raises(Exception, match=r"RELAX 'lora': relaxed sharing 'lora' needs a rank >= 1 \(RELAX_RANK\)"):
+    # the evaluation paths (spin test, analyze/export/predict) fit the deltas the same way
+    rebuilt, _, _ = cu.build_model_from_checkpoint(ck, cfg=cfg)
+    torch.testing.assert_close(rebuilt.eval()(x), vanilla(x), rtol=1e-4, atol=1e-4)
+    from spin.engine.trainer import test
+
+    data = make_image_folder(tmp_path / "data", n_train=2, n_val=4)
+    losses = [test(load_config([TINY], opts + ["TEST.CHECKPOINT_FILE_PATH", ck, "DATA.PATH_TO_DATA_DIR", data,
+                                               "OUTPUT_DIR", str(tmp_path / name)]))["loss"]
+              for name, opts in (("v", ["CONVMIXER.WEIGHT_SHARE.ENABLE", "False"]), ("r", base))]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    with pytest.raises(Exception, match=r"RELAX lora needs a rank: set CONVMIXER.WEIGHT_SHARE.RELAX_RANK >= 1"):
         from spin.config import check_cfg
 
         check_cfg(load_config([TINY], ["CONVMIXER.WEIGHT_SHARE.RELAX", "lora"]))

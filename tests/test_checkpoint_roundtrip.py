@@ -41,8 +41,17 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(str(tmp_path / "missing.pyth"))
     bad = tmp_path / "bad.pyth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         load_checkpoint(str(bad))
+    good = tmp_path / "good.pyth"
+    torch.save({"model_state": {"w": torch.ones(1000)}}, good)
+    bad.write_bytes(good.read_bytes()[:300])  # a torch.save zip cut short
+    with pytest.raises(CheckpointError, match="cannot read .* it is corrupt, truncated"):
+        load_checkpoint(str(bad))
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"\x08\x07")
+    with pytest.raises(CheckpointError, match="is an exported artifact .*give the .pyth it was exported from"):
+        load_checkpoint(str(artifact))
     ws = build_model(load_config([TINY]))
     vanilla = build_model(load_config([TINY], ["CONVMIXER.WEIGHT_SHARE.ENABLE", "False"]))
     with pytest.raises(CheckpointError, match=r"unexpected keys \(4\): pwise_b.2, pwise_b.3, pwise_w.2, pwise_w.3"):

@@ -58,6 +58,7 @@ def world(tmp_path_factory):
     files = {
         "syntax.yaml": "TRAIN:\n  ENABLE: [True\n", "list.yaml": "- TRAIN\n- SOLVER\n", "scalar.yaml": "42\n",
         "section.yaml": "TRAIN: 5\n", "binary.yaml": bytes(range(256)) * 4, "a_file": "not a folder\n",
+        "junk.pt2": "junk\n", "trials_list.yaml": "groups: {g: {trials: [{name: a, opts: []}]}}\n",
     }
     paths = {k: write(tmp / k, v) for k, v in files.items()}
     return dict(data=data, empty=empty, ck=ck, tmp=tmp, run=str(tmp / "run"), **paths)
@@ -92,7 +93,7 @@ BAD = [
     ("train", ["CONVMIXER.WEIGHT_SHARE.SCOPE", "attn"], "'attn' is not a part of the ConvMixer block"),
     ("train", ["CONVMIXER.WEIGHT_SHARE.SHARE_RATE", "3"], "depth 4 divisible by the share rate 3"),
     ("train", ["OUTPUT_DIR", "{a_file}"], "is a file, not a folder"),
-    ("train", ["OUTPUT_DIR", "{a_file}/sub"], "is not writable"),
+    ("train", ["OUTPUT_DIR", "{a_file}/sub"], "is a file; choose another folder"),
     ("train", ["TRAIN.ENABLE", "False", "TEST.ENABLE", "False"], "the job would do nothing"),
     ("train", ["TRAIN.CHECKPOINT_FILE_PATH", "/nonexistent/ck.pyth"], "TRAIN.CHECKPOINT_FILE_PATH '/nonexistent"),
     ("train", ["--cfg", "{syntax.yaml}"], "is not valid YAML at line 3, column 1"),
@@ -127,6 +128,49 @@ BAD = [
     ("test", ["TEST.CHECKPOINT_FILE_PATH", ""], "no checkpoint to test"),
     ("stats", ["--sweep", "SOLVER.NOPE", "1,2"], "unknown config key SOLVER.NOPE"),
     ("nosuchcommand", [], "unknown command 'nosuchcommand'"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.ENABLE", "False", "CONVMIXER.WEIGHT_SHARE.RELAX", "lora",
+               "CONVMIXER.WEIGHT_SHARE.RELAX_RANK", "4"], "relaxed sharing relaxes a shared model"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.ENABLE", "False", "CONVMIXER.WEIGHT_SHARE.RELAX", "lora"],
+     "relaxed sharing relaxes a shared model"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.RELAX_RANK", "4"], "RELAX_RANK 4 is read only by RELAX lora"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.RELAX", "lora", "CONVMIXER.WEIGHT_SHARE.RELAX_RANK", "-1"],
+     "RELAX lora needs a rank"),
+    ("test", ["CONVMIXER.CHANNEL", "16", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "shape mismatches ("),
+    ("test", ["OUTPUT_DIR", "{a_file}", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "is a file, not a folder"),
+]
+# Commands with their whole argument list ({out}: a path under the test's own folder).
+RAW = [
+    ([], "no command given"),
+    (["fuse", "--cfg", TINY, "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "mean", "TRAIN.CHECKPOINT_FILE_PATH", "{ck}",
+      "--output", "{ck}", "--overwrite"], "is the input"),
+    (["export", "--checkpoint", "{ck}", "--format", "onnx", "--out", "{ck}", "--overwrite"], "must end in .onnx"),
+    (["export", "--checkpoint", "{ck}", "--format", "pt2", "--out", "{out}/x.onnx"], "must end in .pt2"),
+    (["export", "--checkpoint", "{a_file}", "--format", "pt2", "--out", "{out}/x.pt2"], "is not a PyTorch checkpoint"),
+    (["export", "--checkpoint", "{junk.pt2}", "--format", "pt2", "--out", "{out}/x.pt2"], "is an exported artifact"),
+    (["predict", "--checkpoint", "{junk.pt2}", "x.png"], "is not a .pt2 archive"),
+    (["plot", "{run}", "--out", "{a_file}/c.png"], "is a file"),
+    (["plot", "{run}", "--out", "{out}/c.svg"], "must end in .png"),
+    (["analyze", "--checkpoint", "{ck}", "--out", "{a_file}"], "is a file, not a folder"),
+    (["analyze", "--checkpoint", "{ck}", "--suggest", "0"], "--suggest must be a number of sets >= 1"),
+    (["analyze", "--checkpoint", "{ck}", "--suggest", "9"], "give 1 <= N <= the depth 4"),
+    (["analyze", "--checkpoint", "{ck}", "--by", "cka"], "add --suggest N"),
+    (["bench", "--preset", "tiny", "--out", "{a_file}"], "is a file, not a folder"),
+    (["sweep", "--cfg", TINY, "--grid", "SOLVER.MAX_EPOCH", "1", "--out", "{a_file}"], "is a file, not a folder"),
+    (["sweep", "--cfg", "/nonexistent.yaml", "--grid", "SOLVER.MAX_EPOCH", "1", "--out", "{out}"],
+     "'/nonexistent.yaml' does not exist"),
+    (["sweep", "--cfg", TINY, "--grid", "SOLVER.MAX_EPOCH", "1", "--out", "{out}", "FOO.BAR", "1"], "FOO.BAR"),
+    (["sweep", "--cfg", TINY, "--grid", "CONVMIXER.WEIGHT_SHARE.SHARE_RATE", "2,x", "--out", "{out}"],
+     "SHARE_RATE"),
+    (["sweep", "--cfg", TINY, "--grid", "SOLVER.MAX_EPOCH", "1", "--report", "{run}"], "drop --cfg, --grid"),
+    (["sweep", "--cfg", TINY, "--grid", "SOLVER.MAX_EPOCH", "1", "--seeds", "0", "--out", "{out}"],
+     "--seeds must be >= 1"),
+    (["sweep", "--cfg", TINY, "--grid", "SOLVER.MAX_EPOCH", "1", "--grid", "SOLVER.MAX_EPOCH", "2", "--out", "{out}"],
+     "given more than once"),
+    (["sweep", "--cfg", TINY, "--grid", "OUTPUT_DIR", "a,b", "--out", "{out}"], "choose DIR with --out"),
+    (["sweep", "--cfg", TINY, "--grid", "RNG_SEED", "1,2", "--out", "{out}"], "choose the number with --seeds"),
+    (["sweep", "--cfg", TINY, "--grid", "SOLVER.MAX_EPOCH", "1", "--out", "{out}", "--slurm-partition", "gpu"],
+     "add --executor slurm"),
+    (["sweep", "--sweep", "{trials_list.yaml}", "--out", "{out}", "--dry-run"], "not a list"),
 ]
 
 
@@ -146,6 +190,44 @@ def test_bad_input_is_one_error_line_and_writes_nothing(world, tmp_path, capsys,
     lines = [l for l in err.splitlines() if l.startswith("spin: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert needle in lines[0] or needle in err, err
+    assert snapshot(tmp_path) == before and snapshot(world["tmp"]) == before_world
+
+
+@pytest.mark.parametrize("argv,needle", RAW, ids=["-".join(a)[:50] for a, _ in RAW])
+def test_bad_tool_input_is_one_error_line_and_writes_nothing(world, tmp_path, capsys, argv, needle):
+    argv = [a.replace("{out}", str(tmp_path / "out")) for a in argv]
+    for k, v in world.items():
+        argv = [a.replace("{" + k + "}", str(v)) for a in argv]
+    before, before_world = snapshot(tmp_path), snapshot(world["tmp"])
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("spin: error:")]
+    assert rc == 2 and len(lines) == 1 and len(err.splitlines()) == 1, err
+    assert needle in lines[0], err
+    assert snapshot(tmp_path) == before and snapshot(world["tmp"]) == before_world
+
+
+def test_read_only_output_folders_are_refused_before_any_work(world, tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access  # root ignores permission bits, so the read-only mount is simulated
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).startswith(str(ro)) else real(p, mode, **kw))
+    ck, wfws = world["ck"], ["CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "mean"]
+    commands = [
+        ["train", *base(world, ro / "t")],
+        ["test", *base(world, ro / "t", "TEST.CHECKPOINT_FILE_PATH", ck)],
+        ["fuse", "--cfg", TINY, *wfws, "TRAIN.CHECKPOINT_FILE_PATH", ck, "--output", str(ro / "x.pyth")],
+        ["export", "--checkpoint", ck, "--format", "pt2", "--out", str(ro / "x.pt2")],
+        ["plot", world["run"], "--out", str(ro / "c.png")],
+        ["analyze", "--checkpoint", ck, "--out", str(ro / "an")],
+        ["bench", "--preset", "tiny", "--out", str(ro / "b")],
+        ["sweep", "--cfg", TINY, "--grid", "SOLVER.MAX_EPOCH", "1", "--out", str(ro / "sw")],
+    ]
+    before, before_world = snapshot(tmp_path), snapshot(world["tmp"])
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "is not writable" in err and str(ro) in err, (argv, err)
     assert snapshot(tmp_path) == before and snapshot(world["tmp"]) == before_world
 
 

@@ -80,12 +80,31 @@ def test_grid_by_seeds_rerun_and_report(data, tmp_path, capsys):
 
 
 def test_failing_trial_is_recorded_and_the_rest_finish(data, tmp_path, capsys):
-    out = str(tmp_path / "sw")
-    assert main(["sweep", "--cfg", TINY, "--grid", "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "None,median,mean",
-                 "--out", out, *common(data, 1)]) == 0
-    assert "2/3 trials done, 1 failed: grid/REDUCTION_FN=median-s0" in capsys.readouterr().out
+    out = str(tmp_path / "sw")  # the missing data folder is found by the trial itself, at run time
+    assert main(["sweep", "--cfg", TINY, "--grid", "DATA.PATH_TO_DATA_DIR", f"{data},{tmp_path}/nothing",
+                 "--grid", "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "None,mean", "--out", out,
+                 "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "2/4 trials done, 2 failed:" in last and last.count("nothing_REDUCTION_FN=") == 2, last
     failed = [r for r in rows(out) if r["status"] == "failed"]
-    assert len(failed) == 1 and "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN 'median': unknown weight fusion" in failed[0]["error"]
+    assert len(failed) == 2 and all("nothing" in r["error"] for r in failed), failed
+
+
+def test_a_broken_trial_config_refuses_the_sweep_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "sw"
+    argv = ["sweep", "--cfg", TINY, "--grid", "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "None,median,mean",
+            "--grid", "CONVMIXER.WEIGHT_SHARE.SHARE_RATE", "2,3", "--seeds", "2", "--out", str(out)]
+    for extra in ([], ["--dry-run"]):
+        assert main(argv + extra) == 2
+        lines = capsys.readouterr().err.splitlines()
+        # one line per problem, naming its trials: the fusion 'median' (2 rates x 2 seeds) and the
+        # rate 3 that does not divide the depth 4 (2 other fusions x 2 seeds)
+        assert len(lines) == 2 and all(l.startswith("spin: error: trials grid/") for l in lines), lines
+        rate, fusion = sorted(lines, key=lambda l: "median" in l)
+        assert "REDUCTION_FN=median_SHARE_RATE=2-s0" in fusion and "(+1 more): CONVMIXER.WEIGHT_SHARE.REDUCTION_FN " \
+            "'median': unknown weight fusion" in fusion
+        assert "REDUCTION_FN=None_SHARE_RATE=3-s0" in rate and "(+1 more)" in rate and "share rate 3" in rate
+        assert not out.exists()
 
 
 def test_parent_child_wfws_trial_starts_from_the_parents_checkpoint(data, tmp_path):

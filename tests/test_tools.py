@@ -15,6 +15,7 @@ from spin.engine.trainer import train
 from spin.export import fuse_checkpoint, load_safetensors_model
 from spin.fusion import FUSIONS
 from spin.models import build_model
+from spin.paths import OutputError
 from spin.stats import describe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,8 +76,10 @@ def test_fuse_refuses_to_overwrite_and_needs_wfws(tmp_path):
     cfg, _, path = wfws_checkpoint(tmp_path, "mean", with_optimizer=False)
     target = tmp_path / "fused.pyth"
     target.write_bytes(b"precious")
-    with pytest.raises(cu.CheckpointError, match="already exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
         fuse_checkpoint(cfg, path, str(target))
+    with pytest.raises(OutputError, match="is the input .*writing it would destroy the input"):
+        fuse_checkpoint(cfg, path, path, overwrite=True)
     assert target.read_bytes() == b"precious"
     fuse_checkpoint(cfg, path, str(target), overwrite=True)
     assert cu.load_checkpoint(str(target))["model_state"]

@@ -7,28 +7,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
 
 from yacs.config import CfgNode
 
 from ..fusion import parse_fusion, parse_relax
+from ..paths import folder_problem
 from ..sharing import DISTRIBUTIONS, MAPPINGS, SharingError, parse_scope
 from .defaults import CHOICES, FAMILY_SECTIONS, MODEL_FAMILIES, get_cfg
 from .parser import ConfigError
 
 JOBS = ("train", "test", "fuse", "stats", "predict")
-
-
-def _writable(path: str) -> Optional[str]:
-    """None if a run may create and write files under ``path``, else the reason it may not."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        return f"OUTPUT_DIR {path!r} is a file, not a folder; choose a folder for the run's outputs"
-    probe = path
-    while probe and not os.path.exists(probe):
-        probe = os.path.dirname(probe.rstrip(os.sep)) or "."
-    if not os.access(probe or ".", os.W_OK | os.X_OK):
-        return f"OUTPUT_DIR {path!r} is not writable ({probe!r} denies it); choose a writable folder"
-    return None
 
 
 def _changed(node: CfgNode, default: CfgNode, prefix: str) -> list[str]:
@@ -68,14 +56,25 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
         need(str(ws.SHARING_MAPPING).lower() in MAPPINGS + ("custom",),
              f"unknown {own}.SHARING_MAPPING {ws.SHARING_MAPPING!r}; allowed: {', '.join(MAPPINGS)}, "
              f"custom (with LAYER_MAP)")
-        for key, parse in (("REDUCTION_FN", lambda v: parse_fusion(v)),
-                           ("RELAX", lambda v: parse_relax(v, ws.RELAX_RANK))):
-            try:
-                parse(ws[key])
-            except SharingError as e:
-                problems.append(f"{own}.{key} {ws[key]!r}: {e}")
+        try:
+            parse_fusion(ws.REDUCTION_FN)
+        except SharingError as e:
+            problems.append(f"{own}.REDUCTION_FN {ws.REDUCTION_FN!r}: {e}")
+        relax = None
+        try:
+            relax = parse_relax(ws.RELAX)
+        except SharingError as e:
+            problems.append(f"{own}.RELAX {ws.RELAX!r}: {e}")
+        if relax and not ws.ENABLE:
+            problems.append(f"{own}.RELAX is {ws.RELAX!r} but {own}.ENABLE is False: relaxed sharing relaxes a "
+                            f"shared model; set {own}.ENABLE True or RELAX none")
+        elif relax == "lora":
+            need(ws.RELAX_RANK >= 1, f"{own}.RELAX lora needs a rank: set {own}.RELAX_RANK >= 1, "
+                                     f"got {ws.RELAX_RANK}")
+        else:
+            need(ws.RELAX_RANK == 0, f"{own}.RELAX_RANK {ws.RELAX_RANK} is read only by RELAX lora; set "
+                                     f"{own}.RELAX lora, or drop RELAX_RANK")
         need(ws.SHARE_RATE >= 1, f"{own}.SHARE_RATE must be >= 1, got {ws.SHARE_RATE}")
-        need(ws.RELAX_RANK >= 0, f"{own}.RELAX_RANK must be >= 0, got {ws.RELAX_RANK}")
         need(ws.NUM_SETS >= 0, f"{own}.NUM_SETS must be >= 0 (0: DEPTH / SHARE_RATE), got {ws.NUM_SETS}")
         try:
             parse_scope(ws.SCOPE or None)
@@ -168,7 +167,8 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
     if job == "train":
         need(t.ENABLE or cfg.TEST.ENABLE, "TRAIN.ENABLE and TEST.ENABLE are both False: the job would do "
                                           "nothing; enable one")
-        bad = _writable(cfg.OUTPUT_DIR or ".")
+    if job in ("train", "test"):
+        bad = folder_problem(cfg.OUTPUT_DIR or ".", "OUTPUT_DIR")
         need(bad is None, bad or "")
     for key, used in (("TRAIN.CHECKPOINT_FILE_PATH", job in ("train", "fuse")),
                       ("TEST.CHECKPOINT_FILE_PATH", job == "test" or (job == "train" and cfg.TEST.ENABLE))):

@@ -127,6 +127,15 @@ def load_checkpoint(path: str) -> dict:
                               f"TRAIN.CHECKPOINT_FILE_PATH / TEST.CHECKPOINT_FILE_PATH")
     if path.endswith(".safetensors"):
         return _load_safetensors(path)
+    if path.lower().endswith((".onnx", ".pt2")):
+        raise CheckpointError(f"{path!r} is an exported artifact (spin export), not a checkpoint; give the "
+                              f".pyth it was exported from (spin predict reads .onnx / .pt2 files)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..); files of torch < 1.6 are a pickle (protocol 2: \x80\x02).
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle); "
+                              f"give a .pyth/.pth written by spin train or torch.save, or a .safetensors file")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, non-tensor objects
@@ -138,6 +147,8 @@ def load_checkpoint(path: str) -> dict:
                 f"{' (' + what.group(1) + ')' if what else ''}, which spin does not load: unpickling "
                 f"can run arbitrary code. Re-save only its tensors (the state dict) in an environment "
                 f"where you trust the file, or export it as .safetensors") from None
+        if msg.startswith("Weights only load failed"):  # torch's advice (weights_only=False) is not ours
+            msg = "it holds objects that are not tensors"
         raise CheckpointError(
             f"cannot read checkpoint {path!r} ({type(e).__name__}: {msg.splitlines()[0] if msg else ''}); "
             f"it is corrupt, truncated or not a PyTorch file") from None
@@ -183,19 +194,25 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        parts = [f"{source} does not match the model architecture:"]
+        parts = []
         if missing:
-            parts.append(f"  missing keys ({len(missing)}): {_summarise(missing)}")
+            parts.append(f"missing keys ({len(missing)}): {_summarise(missing, 4)}")
         if unexpected:
-            parts.append(f"  unexpected keys ({len(unexpected)}): {_summarise(unexpected)}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {_summarise(unexpected, 4)}")
         if shapes:
-            parts.append(f"  shape mismatches ({len(shapes)}): {_summarise(shapes, 4)}")
-        parts.append("  fix: build the model with the config the checkpoint was trained with "
+            parts.append(f"shape mismatches ({len(shapes)}): {_summarise(shapes, 2)}")
+        parts.append("fix: build the model with the config the checkpoint was trained with "
                      "(MODEL.MODEL_NAME, its architecture section, the WEIGHT_SHARE plan keys, "
                      "MODEL.NUM_CLASSES); a fused WFWS export reloads with the WS config "
                      "(REDUCTION_FN None); a vanilla checkpoint starts a WFWS model, not a WS one")
-        raise CheckpointError("\n".join(parts))
+        raise CheckpointError(f"{source} does not match the model architecture: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=False)
+
+
+def fit_relax_to_file(model: nn.Module, ck: dict) -> bool:
+    """A relaxed WFWS model loaded from a file without deltas (a vanilla one): fit the deltas to the
+    file's per-layer weights, as ``spin.share`` does for a pretrained model. True if it fitted."""
+    return not any(k.startswith(RELAX_KEYS) for k in ck["model_state"]) and init_relax(unwrap(model))
 
 
 def _load_optimizer(optimizer, ck: dict, path: str) -> None:
@@ -233,9 +250,7 @@ def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, em
     load_model_weights(model, ck["model_state"], source=path,
                        allow_missing=() if latest else OPTIONAL_KEYS)
     resume = latest is not None or not (cfg.TRAIN.CHECKPOINT_EPOCH_RESET or "epoch" not in ck)
-    relaxed_file = any(k.startswith(RELAX_KEYS) for k in ck["model_state"])
-    # A relaxed WFWS model started from a file without deltas (a vanilla one): fit them to its layers.
-    if not resume and not relaxed_file and init_relax(unwrap(model)):
+    if not resume and fit_relax_to_file(model, ck):
         say("fitted the relaxed-sharing deltas to the per-layer weights of the file")
     if ema is not None:
         if resume and "model_ema_state" in ck:
@@ -281,4 +296,5 @@ def build_model_from_checkpoint(path: str, opts=(), cfg=None):
     check_cfg(cfg, "stats")
     model = build_model(cfg)
     load_model_weights(model, ck["model_state"], source=path)
+    fit_relax_to_file(model, ck)
     return model, cfg, ck

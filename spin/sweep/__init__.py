@@ -2,7 +2,8 @@
 tables and plots. See spec.py (what a sweep is), run.py (running it), report.py (its results)."""
 from .report import write_report
 from .run import SweepStopped, run_sweep, slurm_submission
-from .spec import SweepError, Trial, finalize, grid_trials, load_sweep_file, parse_values
+from .spec import (SweepError, Trial, check_not_reserved, check_trials, finalize, grid_trials, load_sweep_file,
+                   parse_values)
 
 __all__ = ["run_sweep", "write_report", "load_sweep_file", "grid_trials", "finalize", "parse_values",
-           "slurm_submission", "Trial", "SweepError", "SweepStopped"]
+           "slurm_submission", "check_trials", "check_not_reserved", "Trial", "SweepError", "SweepStopped"]

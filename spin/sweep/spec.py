@@ -41,6 +41,7 @@ from yacs.config import CfgNode
 from ..config import ConfigError, get_cfg, load_config
 from ..config.parser import all_keys
 from ..engine.checkpoint import checkpoint_path
+from ..errors import SpinError
 
 
 class SweepError(ConfigError):
@@ -123,11 +124,24 @@ def _check_key(key: str, where: str) -> None:
         node = node[part]
 
 
+# Keys the sweep sets for every trial itself: a grid or override of them would be silently replaced.
+RESERVED = {"OUTPUT_DIR": "the sweep puts each trial in DIR/<group>/<trial>-s<seed>; choose DIR with --out",
+            "RNG_SEED": "the sweep sets RNG_SEED 0..seeds-1 per trial; choose the number with --seeds / seeds:"}
+
+
+def check_not_reserved(keys, where: str) -> None:
+    for key in list(keys)[::2] if not isinstance(keys, dict) else keys:
+        if key in RESERVED:
+            raise SweepError(f"{key} in {where}: {RESERVED[key]}")
+
+
 def grid_trials(group: str, cfg_files: list, opts: list, grid: dict, seeds: int) -> list[Trial]:
     if not grid:
         raise SweepError(f"group {group!r} has an empty grid; give KEY: [values]")
     for key in grid:
         _check_key(key, f"the grid of group {group!r}")
+    check_not_reserved(grid, f"the grid of group {group!r}")
+    check_not_reserved(opts, f"the overrides of group {group!r}")
     keys = list(grid)
     trials = []
     for combo in itertools.product(*(grid[k] for k in keys)):
@@ -171,6 +185,10 @@ def load_sweep_file(path: str) -> tuple[dict, list[Trial]]:
             grid = {k: (v if isinstance(v, list) else [v]) for k, v in (g["grid"] or {}).items()}
             trials += grid_trials(group, cfg_files, opts, grid, seeds)
             continue
+        if not isinstance(g["trials"] or {}, dict):
+            raise SweepError(f"group {group!r}: 'trials:' maps each trial's name to its overrides, e.g. "
+                             f"'trials: {{vanilla: [KEY, VALUE], wfws: {{parent: vanilla, opts: [KEY, VALUE]}}}}', "
+                             f"not a list")
         for name, t in (g["trials"] or {}).items():
             t = {"opts": t} if isinstance(t, list) or t is None else t
             if not isinstance(t, dict) or set(t) - {"opts", "parent"}:
@@ -180,6 +198,7 @@ def load_sweep_file(path: str) -> tuple[dict, list[Trial]]:
             if parent and "/" not in parent:
                 parent = f"{group}/{parent}"
             extra = _opts(t.get("opts"), f"trial {group}/{name}")
+            check_not_reserved(opts + extra, f"trial {group}/{name}")
             trials += [Trial(group, _safe(str(name)), s, cfg_files, opts + extra + ["RNG_SEED", str(s)],
                              {"trial": str(name)}, parent) for s in range(seeds)]
     return {"seeds": seeds, "cfg_files": cfg_files, "description": spec.get("description", "")}, trials
@@ -193,9 +212,30 @@ def max_epoch(cfg_files, opts) -> Optional[int]:
         return None
 
 
+def check_trials(trials: list[Trial]) -> None:
+    """Load and check every trial's config (and resolve its plan against the model's depth) before
+    the sweep writes anything. One line per problem, naming the trials that have it."""
+    from ..config import check_cfg
+    from ..models.factory import plan_from_cfg
+
+    problems: dict[str, list[str]] = {}
+    for t in trials:
+        try:  # t.opts: a child's parent checkpoint does not exist yet
+            cfg = load_config(list(t.cfg_files), list(t.opts))
+            check_cfg(cfg, "train")
+            plan_from_cfg(cfg)
+        except SpinError as e:
+            for line in str(e).splitlines():
+                problems.setdefault(line.strip(), []).append(t.key)
+    if problems:
+        raise SweepError("\n".join(
+            f"trial{'s' if len(keys) > 1 else ''} {', '.join(keys[:3])}"
+            f"{f' (+{len(keys) - 3} more)' if len(keys) > 3 else ''}: {msg}" for msg, keys in problems.items()))
+
+
 def finalize(trials: list[Trial], out: str) -> list[Trial]:
-    """Output folders; parents resolved to their final checkpoints and ordered first; every
-    trial's config loaded and checked (a broken trial is returned with its error, not raised)."""
+    """Output folders; parents resolved to their final checkpoints and ordered first (a parent
+    whose config does not load gets epoch 1: ``check_trials`` reports it)."""
     by_key = {t.key: t for t in trials}
     if len(by_key) != len(trials):
         raise SweepError("two trials share a name; give distinct trial names / grid values")
