@@ -81,6 +81,7 @@ def launch_main(argv: Sequence[str]):
 def fuse_main(argv: Sequence[str]):
     """spin fuse --cfg WFWS.yaml TRAIN.CHECKPOINT_FILE_PATH ck.pyth: export a fused WS checkpoint."""
     from .export import default_output, fuse_checkpoint, human_bytes
+    from .models.factory import plan_section_name
 
     p = get_args_parser("spin fuse", fuse_main.__doc__)
     p.add_argument("--output", default="", help="output .pyth (default OUTPUT_DIR/<name>-fused.pyth)")
@@ -98,8 +99,10 @@ def fuse_main(argv: Sequence[str]):
           f"{human_bytes(out['file_bytes_after'])} (tensors {human_bytes(out['state_bytes_after'])})")
     if out["safetensors"]:
         print(f"        {out['safetensors']}: {human_bytes(out['safetensors_bytes'])}")
-    print("reload it with the WS config (REDUCTION_FN None), e.g. spin test --cfg "
-          "configs/WS-ConvMixer.yaml TEST.CHECKPOINT_FILE_PATH " + out["output"])
+    section = plan_section_name(cfg)
+    print(f"it stores its WS config ({section}.REDUCTION_FN None): spin test TEST.CHECKPOINT_FILE_PATH "
+          f"{out['output']} (or --cfg {' --cfg '.join(args.cfg_files or ['YOUR.yaml'])} {section}.REDUCTION_FN None "
+          f"TEST.CHECKPOINT_FILE_PATH {out['output']})")
     return out
 
 
@@ -382,6 +385,11 @@ def main(argv: Sequence[str] = None) -> int:
         COMMANDS[argv[0]](argv[1:])
     except SweepStopped as e:  # Ctrl-C during a sweep: said what stopped and how to resume
         report(e)
+        return 130
+    except KeyboardInterrupt:  # every file is written atomically: what exists is whole
+        then = ("rerun the same command to resume from the last checkpoint" if argv[0] in ("train", "launch")
+                else "nothing half-written was kept")
+        print(f"spin: interrupted; {then}", file=sys.stderr)
         return 130
     except SpinError as e:
         report(e)

@@ -118,6 +118,8 @@ def parse_scope(scope: Union[str, Sequence[str], None]) -> tuple[str, ...]:
     named parts in SCOPE_NAMES order, then patterns as given. None or '' -> () (the default)."""
     if scope is None:
         return ()
+    if not isinstance(scope, str) and not (isinstance(scope, (list, tuple)) and all(isinstance(p, str) for p in scope)):
+        raise SharingError(f"a sharing scope is a string ('attn+mlp', 'mlp.*') or a list of them, got {scope!r}")
     parts = scope.replace(",", "+").split("+") if isinstance(scope, str) else list(scope)
     out: list[str] = []
     for p in (str(p).strip() for p in parts):
@@ -260,6 +262,9 @@ def build_plan(
     An explicit ``mapping`` list fixes the groups by itself; an explicit ``distribution`` list
     fixes N to its length.
     """
+    for name, value in (("depth", depth), ("share_rate", share_rate), ("num_sets", num_sets), ("seed", seed)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SharingError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if depth < 1:
         raise SharingError(f"depth must be >= 1, got {depth}")
     if not isinstance(mapping, str):

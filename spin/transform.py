@@ -349,7 +349,23 @@ def share(
     (``fit_relax=False``: at their from-scratch init, B = 0 / scale 1, so the model is plain WS).
     Returns a transformed copy (the input is untouched unless ``inplace``); see the module docstring.
     """
+    if not isinstance(model, nn.Module):
+        raise SharingError(f"spin.share takes a torch.nn.Module, got a {type(model).__name__}")
+    if not isinstance(blocks, str):
+        raise SharingError(f"blocks is the dotted path of the block stack inside the model (e.g. 'blocks', "
+                           f"'trunk.layers'), got a {type(blocks).__name__}")
+    for name, value in (("inplace", inplace), ("fit_relax", fit_relax)):
+        if not isinstance(value, bool):
+            raise SharingError(f"{name} must be True or False, got {value!r}")
+    if not isinstance(relax_rank, int) or isinstance(relax_rank, bool):
+        raise SharingError(f"relax_rank must be an integer, got {relax_rank!r}")
     fusion, relax = parse_fusion(fusion), parse_relax(relax, relax_rank)
+    if relax_rank and relax != "lora":
+        raise SharingError(f"relax_rank {relax_rank} is read only by relax='lora'; add it, or drop relax_rank")
+    if plan is None and fusion is None and type(share_rate) is int and share_rate == 1 and not num_sets \
+            and isinstance(mapping, str) and isinstance(distribution, str):
+        raise SharingError("nothing to share: give share_rate >= 2, num_sets, an explicit mapping or "
+                           "distribution, or plan= (or fusion= for a WFWS model)")
     if hasattr(type(model), "spin_share"):  # a model that implements sharing itself (ConvMixer)
         if plan is None:
             plan = build_plan(model.depth, share_rate, num_sets, distribution, mapping, seed, scope)

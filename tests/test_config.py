@@ -98,3 +98,12 @@ def test_wrong_type_and_missing_file(tmp_path):
         load_config([str(tmp_path / "nope.yaml")])
     with pytest.raises(ConfigError, match="KEY VALUE pairs"):
         load_config(opts=["NUM_GPUS"])
+
+
+def test_an_integer_for_a_float_key_is_that_float(tmp_path):
+    f = tmp_path / "lr.yaml"
+    f.write_text("SOLVER:\n  BASE_LR: 1\n  WEIGHT_DECAY: 0\n")
+    cfg = load_config([str(f)], ["SOLVER.WARMUP_EPOCHS", "3", "MODEL.DROP_PATH_RATE", "0"])
+    got = (cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WARMUP_EPOCHS, cfg.MODEL.DROP_PATH_RATE)
+    assert got == (1.0, 0.0, 3.0, 0.0) and all(type(v) is float for v in got)
+    assert type(load_config(None, ["SOLVER.MAX_EPOCH", "3"]).SOLVER.MAX_EPOCH) is int  # ints stay ints

@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     files = {
         "syntax.yaml": "TRAIN:\n  ENABLE: [True\n", "list.yaml": "- TRAIN\n- SOLVER\n", "scalar.yaml": "42\n",
         "section.yaml": "TRAIN: 5\n", "binary.yaml": bytes(range(256)) * 4, "a_file": "not a folder\n",
-        "junk.pt2": "junk\n", "trials_list.yaml": "groups: {g: {trials: [{name: a, opts: []}]}}\n",
+        "junk.pt2": "junk\n", "null.yaml": "SOLVER:\n  MAX_EPOCH: null\n", "trials_list.yaml": "groups: {g: {trials: [{name: a, opts: []}]}}\n",
     }
     paths = {k: write(tmp / k, v) for k, v in files.items()}
     return dict(data=data, empty=empty, ck=ck, tmp=tmp, run=str(tmp / "run"), **paths)
@@ -71,6 +71,9 @@ def base(w, out, *opts):
 # (command, extra args, expected fragment of the one error line). {x} are the world's paths.
 BAD = [
     ("train", ["SOLVER.BASE_LR", "-0.1"], "SOLVER.BASE_LR must be a finite number >= 0"),
+    ("train", ["SOLVER.BASE_LR", "-1"], "SOLVER.BASE_LR must be a finite number >= 0, got -1.0"),
+    ("train", ["--cfg", "{null.yaml}"], "SOLVER.MAX_EPOCH must be a int like its default 300, got an empty value"),
+    ("train", ["TRAIN.BATCH_SIZE", "None"], "TRAIN.BATCH_SIZE must be a int like its default"),
     ("train", ["SOLVER.WEIGHT_DECAY", "-1.0"], "SOLVER.WEIGHT_DECAY must be"),
     ("train", ["SOLVER.WARMUP_EPOCHS", "-2.0"], "SOLVER.WARMUP_EPOCHS must be >= 0"),
     ("train", ["DATA_LOADER.NUM_WORKERS", "-1"], "DATA_LOADER.NUM_WORKERS must be >= 0"),
@@ -286,6 +289,27 @@ def test_config_history_and_difference_on_resume(world, tmp_path):
     assert len(history) == 1 and (out / "config_history" / history[0]).read_text() == first
     log = (out / "stdout.log").read_text()
     assert "-  MAX_EPOCH: 1" in log and "+  MAX_EPOCH: 2" in log
+
+
+def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(world, tmp_path):
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "spin.cli", "train", *base(world, out, "SOLVER.MAX_EPOCH", "200", "TEST.ENABLE",
+                                                             "False", "LOG_PERIOD", "0")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.time() + 120
+    while p.poll() is None and time.time() < deadline and cu.latest_checkpoint(str(out)) is None:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, as in a terminal
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip() == "spin: interrupted; rerun the same command to resume from the " \
+                                                  "last checkpoint", err
+    done = cu.epochs_done(cu.latest_checkpoint(str(out)))
+    assert done >= 1 and not (out / ".spin.lock").exists()
+    cmd[cmd.index("200")] = str(done + 1)
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert f"resumed from {cu.checkpoint_path(str(out), done - 1)}" in (out / "stdout.log").read_text()
 
 
 def _epochs_in_metrics(out):

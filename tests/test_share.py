@@ -395,3 +395,25 @@ def test_share_errors():
         share(mixed, share_rate=2)
     with pytest.raises(SharingError, match="allowed: None, mean"):
         share(model, share_rate=2, fusion="median")
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(share_rate=2.0), "share_rate must be an integer, got 2.0"),
+    (dict(share_rate="2"), "share_rate must be an integer, got '2'"),
+    (dict(share_rate=True), "share_rate must be an integer, got True"),
+    (dict(share_rate=2, seed="a"), "seed must be an integer"),
+    (dict(share_rate=2, scope=3), "a sharing scope is a string"),
+    (dict(share_rate=2, relax="lora", relax_rank=2.5), "relax_rank must be an integer"),
+    (dict(share_rate=2, relax_rank=4), "relax_rank 4 is read only by relax='lora'"),
+    (dict(share_rate=2, inplace="yes"), "inplace must be True or False"),
+    (dict(share_rate=2, blocks=3), "blocks is the dotted path"),
+    ({}, "nothing to share"),
+])
+def test_share_argument_errors_leave_the_model_untouched(kwargs, needle):
+    model = vanilla("vit")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SharingError, match=needle):
+        share(model, **kwargs)
+    assert bank_of(model) is None and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(SharingError, match="takes a torch.nn.Module, got a int"):
+        share(3, share_rate=2)

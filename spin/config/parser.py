@@ -56,6 +56,39 @@ def _explain(err: Exception, where: str) -> ConfigError:
                        f"keys are upper-case names, values YAML scalars or lists")
 
 
+def _default_or_none(key: str):
+    node = get_cfg()
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _as_float(default, value):
+    """1 for a float key is 1.0 (YAML and Python read '1' as an int; yacs would refuse it)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _floats_in(data: dict, prefix: str = "") -> dict:
+    return {k: _floats_in(v, f"{prefix}{k}.") if isinstance(v, dict) else
+            _as_float(_default_or_none(f"{prefix}{k}"), v) for k, v in data.items()}
+
+
+def _refuse_nulls(cfg: CfgNode, where: str, default: Optional[CfgNode] = None, prefix: str = "") -> None:
+    """yacs takes a YAML null for any key; only keys whose default is None or text may be empty."""
+    default = default if default is not None else get_cfg()
+    for k, v in cfg.items():
+        d = default.get(k)
+        if isinstance(v, CfgNode) and isinstance(d, CfgNode):
+            _refuse_nulls(v, where, d, f"{prefix}{k}.")
+        elif v is None and d is not None and not isinstance(d, str):
+            raise ConfigError(f"wrong value type in {where}: {prefix}{k} must be a {type(d).__name__} like its "
+                              f"default {d!r}, got an empty value (null); give a value or drop the key")
+
+
 def merge_file(cfg: CfgNode, path: str) -> None:
     """Merge a YAML file; any file that is not a mapping of known keys is a ConfigError."""
     if not os.path.isfile(path):
@@ -78,19 +111,28 @@ def merge_file(cfg: CfgNode, path: str) -> None:
         raise ConfigError(f"config file {path} holds a {type(data).__name__}, not a mapping of "
                           f"sections (TRAIN:, SOLVER:, ...); see configs/ for the layout")
     try:
-        cfg.merge_from_other_cfg(CfgNode(data))
+        cfg.merge_from_other_cfg(CfgNode(_floats_in(data)))
     except (KeyError, ValueError, AssertionError, TypeError, AttributeError) as e:
         raise _explain(e, f"config file {path}") from None
+    _refuse_nulls(cfg, f"config file {path}")
 
 
 def merge_opts(cfg: CfgNode, opts: Sequence[str]) -> None:
     if len(opts) % 2:
         raise ConfigError(f"command-line overrides must be KEY VALUE pairs, got an odd list: "
                           f"{list(opts)}")
+    opts = list(opts)
+    for i in range(0, len(opts), 2):
+        value = opts[i + 1]
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            value = int(value)
+        if _as_float(_default_or_none(str(opts[i])), value) is not value:
+            opts[i + 1] = float(value)
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         raise _explain(e, "command-line overrides") from None
+    _refuse_nulls(cfg, "command-line overrides")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -184,7 +184,7 @@ def _summarise(keys: Iterable[str], n: int = 8) -> str:
 
 
 def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkpoint",
-                       allow_missing: tuple = OPTIONAL_KEYS) -> None:
+                       allow_missing: tuple = OPTIONAL_KEYS, fix: Optional[str] = None) -> None:
     """Strict load, except keys in ``allow_missing`` may be absent. On any mismatch, raise one
     error listing missing, unexpected and wrongly shaped keys; the model is left untouched."""
     model = unwrap(model)
@@ -201,7 +201,7 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
             parts.append(f"unexpected keys ({len(unexpected)}): {_summarise(unexpected, 4)}")
         if shapes:
             parts.append(f"shape mismatches ({len(shapes)}): {_summarise(shapes, 2)}")
-        parts.append("fix: build the model with the config the checkpoint was trained with "
+        parts.append(fix or "fix: build the model with the config the checkpoint was trained with "
                      "(MODEL.MODEL_NAME, its architecture section, the WEIGHT_SHARE plan keys, "
                      "MODEL.NUM_CLASSES); a fused WFWS export reloads with the WS config "
                      "(REDUCTION_FN None); a vanilla checkpoint starts a WFWS model, not a WS one")
@@ -247,8 +247,10 @@ def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, em
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights ({_summarise(bad, 4)}); start from an "
                               f"earlier checkpoint")
-    load_model_weights(model, ck["model_state"], source=path,
-                       allow_missing=() if latest else OPTIONAL_KEYS)
+    load_model_weights(model, ck["model_state"], source=path, allow_missing=() if latest else OPTIONAL_KEYS,
+                       fix=None if not latest else "it is OUTPUT_DIR's earlier run, resumed automatically (TRAIN."
+                       "AUTO_RESUME): to train a changed model choose a new OUTPUT_DIR; to resume that run, rerun "
+                       "with its config (OUTPUT_DIR/config.yaml)")
     resume = latest is not None or not (cfg.TRAIN.CHECKPOINT_EPOCH_RESET or "epoch" not in ck)
     if not resume and fit_relax_to_file(model, ck):
         say("fitted the relaxed-sharing deltas to the per-layer weights of the file")

@@ -45,7 +45,8 @@ def _own_scope(plan: SharingPlan) -> SharingPlan:
     bad = [p for p in parts if p not in PARTS]
     if bad:
         raise SharingError(f"sharing scope {'+'.join(bad)!r} is not a part of the ConvMixer block; "
-                           f"its parts are {', '.join(PARTS)} (joined with '+', or 'all')")
+                           f"its parts are {', '.join(PARTS)} (joined with '+', or 'all'; glob patterns apply "
+                           f"to module-based blocks such as DeiT's, not to this class's per-part tensors)")
     return dataclasses.replace(plan, scope=parse_scope(parts))
 
 
