@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from .config import ArgumentParser, ConfigError, cfg_from_args, check_cfg, get_args_parser, load_config
-from .engine.checkpoint import cfg_from_checkpoint
+from .engine.checkpoint import cfg_from_checkpoint, latest_checkpoint
 from .engine.distributed import under_torchrun
 from .engine.launch import launch, run_net_job, test_job
 from .errors import SpinError
@@ -41,13 +41,27 @@ def parse(parser, argv: Sequence[str]):
 
 
 # --------------------------------------------------------------------------- jobs
+class Interrupted(Exception):
+    """Ctrl-C: the message says what a rerun does."""
+
+
+def _run_training(cfg, init_method: str):
+    try:
+        return launch(cfg, init_method, run_net_job)
+    except KeyboardInterrupt:  # checkpoints are written atomically: the newest one is whole
+        ck = latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
+        raise Interrupted(f"interrupted; rerun the same command to resume from {ck}" if ck else
+                          "interrupted before any checkpoint to resume from (or with TRAIN.AUTO_RESUME False): "
+                          "a rerun starts over") from None
+
+
 def train_main(argv: Sequence[str]):
     """spin train --cfg FILE [KEY VALUE ...] (= tools/run_net.py): trains if TRAIN.ENABLE, then
     tests if TEST.ENABLE."""
     args = parse(get_args_parser("spin train", train_main.__doc__), argv)
     cfg = cfg_from_args(args)
     check_cfg(cfg, "train")
-    return launch(cfg, args.init_method, run_net_job)
+    return _run_training(cfg, args.init_method)
 
 
 def test_main(argv: Sequence[str]):
@@ -75,7 +89,7 @@ def launch_main(argv: Sequence[str]):
                f"--master_port={port or 29500}", "-m", "spin.cli", "train", *argv]
         print("launching:", " ".join(cmd), flush=True)
         os.execv(cmd[0], cmd)
-    return launch(cfg, args.init_method, run_net_job)
+    return _run_training(cfg, args.init_method)
 
 
 def fuse_main(argv: Sequence[str]):
@@ -99,10 +113,8 @@ def fuse_main(argv: Sequence[str]):
           f"{human_bytes(out['file_bytes_after'])} (tensors {human_bytes(out['state_bytes_after'])})")
     if out["safetensors"]:
         print(f"        {out['safetensors']}: {human_bytes(out['safetensors_bytes'])}")
-    section = plan_section_name(cfg)
-    print(f"it stores its WS config ({section}.REDUCTION_FN None): spin test TEST.CHECKPOINT_FILE_PATH "
-          f"{out['output']} (or --cfg {' --cfg '.join(args.cfg_files or ['YOUR.yaml'])} {section}.REDUCTION_FN None "
-          f"TEST.CHECKPOINT_FILE_PATH {out['output']})")
+    print(f"it stores its WS config ({plan_section_name(cfg)}.REDUCTION_FN None): spin test "
+          f"TEST.CHECKPOINT_FILE_PATH {out['output']}")
     return out
 
 
@@ -179,8 +191,11 @@ def plot_main(argv: Sequence[str]):
                                              "curves.png here for several)")
     p.add_argument("--labels", default="", help="comma list of legend labels (default: folder names)")
     args = p.parse_args(argv)
+    for run in args.runs:
+        if not os.path.isdir(run):
+            raise ConfigError(f"{run!r} is not a run folder; give the OUTPUT_DIR of spin train")
     out = args.out or (os.path.join(args.runs[0], "curves.png") if len(args.runs) == 1 else "curves.png")
-    check_file(out, "--out", suffix=".png")
+    check_file(out, "--out" if args.out else "the default output (choose one with --out)", suffix=".png")
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     if labels and len(labels) != len(args.runs):
         raise ConfigError(f"--labels has {len(labels)} entries for {len(args.runs)} runs; give one per run")
@@ -335,7 +350,7 @@ def analyze_main(argv: Sequence[str]):
     folder = os.path.dirname(os.path.abspath(args.checkpoint))
     out = args.out or (os.path.join(os.path.dirname(folder), "analysis") if os.path.basename(folder) == "checkpoints"
                        else os.path.splitext(os.path.abspath(args.checkpoint))[0] + "-analysis")
-    check_folder(out, "--out")
+    check_folder(out, "--out" if args.out else "the default output folder (choose one with --out)")
     cfg = load_config(args.cfg, args.opts) if args.cfg else None
     model, cfg, _ = build_model_from_checkpoint(args.checkpoint, args.opts, cfg)
     depth = model_depth(cfg)
@@ -386,10 +401,11 @@ def main(argv: Sequence[str] = None) -> int:
     except SweepStopped as e:  # Ctrl-C during a sweep: said what stopped and how to resume
         report(e)
         return 130
-    except KeyboardInterrupt:  # every file is written atomically: what exists is whole
-        then = ("rerun the same command to resume from the last checkpoint" if argv[0] in ("train", "launch")
-                else "nothing half-written was kept")
-        print(f"spin: interrupted; {then}", file=sys.stderr)
+    except Interrupted as e:
+        print(f"spin: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # every file is written atomically: nothing half-written is kept
+        print("spin: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
     except SpinError as e:
         report(e)

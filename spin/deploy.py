@@ -213,7 +213,7 @@ def load_artifact(path: str):
     if not os.path.isfile(path):
         raise DeployError(f"artifact {path!r} does not exist")
     try:
-        if path.endswith(".onnx"):
+        if path.lower().endswith(".onnx"):
             meta, session = onnx_metadata(path), onnx_session(path)
             return (lambda x: run_onnx(session, x)), meta.get("spin_cfg"), json.loads(meta.get("spin_classes", "[]"))
         if not zipfile.is_zipfile(path):  # torch.export.load would log a traceback before raising

@@ -31,7 +31,7 @@ def class_names(ck: dict, cfg) -> list[str]:
 def _runner(checkpoint: str, opts: Sequence[str]):
     """(logits function, cfg, class names) for a .pyth/.pth/.safetensors checkpoint or an exported
     .onnx / .pt2 artifact (its config and class names are in its metadata)."""
-    if checkpoint.endswith((".onnx", ".pt2")):
+    if checkpoint.lower().endswith((".onnx", ".pt2")):
         from .deploy import load_artifact
 
         run, text, classes = load_artifact(checkpoint)

@@ -29,6 +29,7 @@ largest-remainder rule, so N is the same as for ``uniform`` and the result is de
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -263,7 +264,7 @@ def build_plan(
     fixes N to its length.
     """
     for name, value in (("depth", depth), ("share_rate", share_rate), ("num_sets", num_sets), ("seed", seed)):
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):  # numpy integers are fine
             raise SharingError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if depth < 1:
         raise SharingError(f"depth must be >= 1, got {depth}")

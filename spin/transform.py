@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import numbers
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -357,12 +358,12 @@ def share(
     for name, value in (("inplace", inplace), ("fit_relax", fit_relax)):
         if not isinstance(value, bool):
             raise SharingError(f"{name} must be True or False, got {value!r}")
-    if not isinstance(relax_rank, int) or isinstance(relax_rank, bool):
+    if not isinstance(relax_rank, numbers.Integral) or isinstance(relax_rank, bool):
         raise SharingError(f"relax_rank must be an integer, got {relax_rank!r}")
     fusion, relax = parse_fusion(fusion), parse_relax(relax, relax_rank)
     if relax_rank and relax != "lora":
         raise SharingError(f"relax_rank {relax_rank} is read only by relax='lora'; add it, or drop relax_rank")
-    if plan is None and fusion is None and type(share_rate) is int and share_rate == 1 and not num_sets \
+    if plan is None and fusion is None and share_rate is not True and share_rate == 1 and not num_sets \
             and isinstance(mapping, str) and isinstance(distribution, str):
         raise SharingError("nothing to share: give share_rate >= 2, num_sets, an explicit mapping or "
                            "distribution, or plan= (or fusion= for a WFWS model)")

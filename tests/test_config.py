@@ -107,3 +107,5 @@ def test_an_integer_for_a_float_key_is_that_float(tmp_path):
     got = (cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WARMUP_EPOCHS, cfg.MODEL.DROP_PATH_RATE)
     assert got == (1.0, 0.0, 3.0, 0.0) and all(type(v) is float for v in got)
     assert type(load_config(None, ["SOLVER.MAX_EPOCH", "3"]).SOLVER.MAX_EPOCH) is int  # ints stay ints
+    f.write_text("SOLVER:\n  CLIP_GRAD_L2NORM: 1.0\n")  # a key whose default is None: the file's value rules
+    assert load_config([str(f)], ["SOLVER.CLIP_GRAD_L2NORM", "2"]).SOLVER.CLIP_GRAD_L2NORM == 2.0

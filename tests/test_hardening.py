@@ -153,6 +153,7 @@ RAW = [
     (["predict", "--checkpoint", "{junk.pt2}", "x.png"], "is not a .pt2 archive"),
     (["plot", "{run}", "--out", "{a_file}/c.png"], "is a file"),
     (["plot", "{run}", "--out", "{out}/c.svg"], "must end in .png"),
+    (["plot", "{a_file}"], "is not a run folder"),
     (["analyze", "--checkpoint", "{ck}", "--out", "{a_file}"], "is a file, not a folder"),
     (["analyze", "--checkpoint", "{ck}", "--suggest", "0"], "--suggest must be a number of sets >= 1"),
     (["analyze", "--checkpoint", "{ck}", "--suggest", "9"], "give 1 <= N <= the depth 4"),
@@ -303,13 +304,13 @@ def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(world, tmp_pat
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, as in a terminal
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and err.strip() == "spin: interrupted; rerun the same command to resume from the " \
-                                                  "last checkpoint", err
-    done = cu.epochs_done(cu.latest_checkpoint(str(out)))
+    latest = cu.latest_checkpoint(str(out))
+    assert p.returncode == 130 and err.strip() == f"spin: interrupted; rerun the same command to resume from {latest}", err
+    done = cu.epochs_done(latest)
     assert done >= 1 and not (out / ".spin.lock").exists()
     cmd[cmd.index("200")] = str(done + 1)
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
-    assert f"resumed from {cu.checkpoint_path(str(out), done - 1)}" in (out / "stdout.log").read_text()
+    assert f"resumed from {latest}" in (out / "stdout.log").read_text()
 
 
 def _epochs_in_metrics(out):

@@ -4,6 +4,7 @@ official-layout loading, and the errors of bad requests."""
 import copy
 import os
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -417,3 +418,7 @@ def test_share_argument_errors_leave_the_model_untouched(kwargs, needle):
     assert bank_of(model) is None and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(SharingError, match="takes a torch.nn.Module, got a int"):
         share(3, share_rate=2)
+
+
+def test_numpy_integers_are_integers():
+    assert bank_of(share(vanilla("vit"), share_rate=np.int64(2), seed=np.int32(1))).plan.layer_to_set == (0, 0, 1, 1)

@@ -97,8 +97,8 @@ def test_fuse_cli_and_tools_script(tmp_path, capsys):
     # 4 classes: vanilla 1632 + 4 * 1504 + 132 = 7,780, + 4 scalar coefficients; fused: 2 sets fewer
     assert "7,784 parameters" in printed.splitlines()[0] and "5,668 parameters" in printed.splitlines()[1]
     fused = str(tmp_path / "out" / "wfws-scalar_weighted_mean-sequential-fused.pyth")
-    assert f"spin test TEST.CHECKPOINT_FILE_PATH {fused} (or --cfg {TINY} CONVMIXER.WEIGHT_SHARE.REDUCTION_FN None" \
-        in printed.splitlines()[-1]
+    assert printed.splitlines()[-1] == ("it stores its WS config (CONVMIXER.WEIGHT_SHARE.REDUCTION_FN None): "
+                                        f"spin test TEST.CHECKPOINT_FILE_PATH {fused}")
     assert os.path.exists(tmp_path / "out" / "wfws-scalar_weighted_mean-sequential-fused.pyth")
     assert main(["fuse", *args]) == 2  # refuses to overwrite
     assert "already exists" in capsys.readouterr().err

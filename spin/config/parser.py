@@ -56,25 +56,27 @@ def _explain(err: Exception, where: str) -> ConfigError:
                        f"keys are upper-case names, values YAML scalars or lists")
 
 
-def _default_or_none(key: str):
-    node = get_cfg()
-    for part in key.split("."):
-        if not isinstance(node, CfgNode) or part not in node:
-            return None
-        node = node[part]
-    return node
+def _current(cfg: CfgNode, key: str):
+    """The value ``key`` holds in ``cfg`` now, or its default where that is None (e.g.
+    CLIP_GRAD_L2NORM), or None for an unknown key."""
+    found = []
+    for node in (cfg, get_cfg()):
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, CfgNode) else None
+        found.append(node)
+    return found[0] if found[0] is not None else found[1]
 
 
-def _as_float(default, value):
+def _as_float(current, value):
     """1 for a float key is 1.0 (YAML and Python read '1' as an int; yacs would refuse it)."""
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 
 
-def _floats_in(data: dict, prefix: str = "") -> dict:
-    return {k: _floats_in(v, f"{prefix}{k}.") if isinstance(v, dict) else
-            _as_float(_default_or_none(f"{prefix}{k}"), v) for k, v in data.items()}
+def _floats_in(cfg: CfgNode, data: dict, prefix: str = "") -> dict:
+    return {k: _floats_in(cfg, v, f"{prefix}{k}.") if isinstance(v, dict) else
+            _as_float(_current(cfg, f"{prefix}{k}"), v) for k, v in data.items()}
 
 
 def _refuse_nulls(cfg: CfgNode, where: str, default: Optional[CfgNode] = None, prefix: str = "") -> None:
@@ -111,28 +113,27 @@ def merge_file(cfg: CfgNode, path: str) -> None:
         raise ConfigError(f"config file {path} holds a {type(data).__name__}, not a mapping of "
                           f"sections (TRAIN:, SOLVER:, ...); see configs/ for the layout")
     try:
-        cfg.merge_from_other_cfg(CfgNode(_floats_in(data)))
+        cfg.merge_from_other_cfg(CfgNode(_floats_in(cfg, data)))
     except (KeyError, ValueError, AssertionError, TypeError, AttributeError) as e:
         raise _explain(e, f"config file {path}") from None
     _refuse_nulls(cfg, f"config file {path}")
 
 
-def merge_opts(cfg: CfgNode, opts: Sequence[str]) -> None:
+def merge_opts(cfg: CfgNode, opts: Sequence[str], where: str = "command-line overrides") -> None:
     if len(opts) % 2:
-        raise ConfigError(f"command-line overrides must be KEY VALUE pairs, got an odd list: "
-                          f"{list(opts)}")
+        raise ConfigError(f"{where} must be KEY VALUE pairs, got an odd list: {list(opts)}")
     opts = list(opts)
     for i in range(0, len(opts), 2):
         value = opts[i + 1]
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             value = int(value)
-        if _as_float(_default_or_none(str(opts[i])), value) is not value:
+        if _as_float(_current(cfg, str(opts[i])), value) is not value:
             opts[i + 1] = float(value)
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise _explain(e, "command-line overrides") from None
-    _refuse_nulls(cfg, "command-line overrides")
+        raise _explain(e, where) from None
+    _refuse_nulls(cfg, where)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -193,5 +194,5 @@ def merge_known(cfg: CfgNode, data: dict) -> list[str]:
                 pairs.extend([prefix + k, v])
 
     walk(cfg, data or {}, "")
-    merge_opts(cfg, pairs)
+    merge_opts(cfg, pairs, "the config stored in the checkpoint")
     return skipped
