@@ -261,10 +261,7 @@ def test(cfg, info: Optional[DistInfo] = None) -> dict:
         raise cu.CheckpointError("no checkpoint to test: set TEST.CHECKPOINT_FILE_PATH (or train "
                                  "first so OUTPUT_DIR/checkpoints has one)")
     _, val_set, _ = _datasets(cfg, train=False)
-    model = build_model(cfg)
-    ck = cu.load_checkpoint(path)
-    cu.load_model_weights(model, ck["model_state"], source=path)
-    cu.fit_relax_to_file(model, ck)
+    model, _, _ = cu.build_model_from_checkpoint(path, cfg=cfg)
     model = _wrap(_prepare(model, cfg, info), cfg, info)
     log = setup_logging(cfg.OUTPUT_DIR, info.is_master, cfg.LOG_JSON_TO_CONSOLE)
     res = evaluate(model, _val_loader(cfg, val_set, info), info.device, cfg.TRAIN.CHANNELS_LAST,

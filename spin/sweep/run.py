@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Callable, Optional
 
-from ..config import check_cfg, load_config
+from ..config import load_config
 from ..engine.checkpoint import checkpoint_path, epochs_done, latest_checkpoint
 from ..engine.logging import format_eta
 from ..engine.runfolder import atomic_write
@@ -188,13 +188,7 @@ def run_sweep(trials: list[Trial], out: str, executor: str = "local", jobs: int 
         if is_done(t):
             status[t.key] = "done"
             continue
-        try:  # a trial whose config is broken is recorded with its error, and the others run
-            check_cfg(load_config(t.cfg_files, t.opts), "train")  # (a parent's checkpoint comes later)
-        except SpinError as e:
-            write_status(t.out, status="failed", error=str(e).splitlines()[0])
-            status[t.key] = "failed"
-            continue
-        pending.append(t)
+        pending.append(t)  # configs were checked up front (check_trials); a trial records its own run-time error
     skipped = sum(v == "done" for v in status.values())
     if skipped:
         say(f"sweep: {skipped} of {len(trials)} trials already done, skipped")
