@@ -5,9 +5,9 @@
     ws = spin.fuse(wfws)                                     # its WS export
 """
 from .sharing import SharingError, SharingPlan, build_plan
-from .transform import fuse, share, sharing_of, unique_parameters
+from .transform import cached, fuse, share, sharing_of, unique_parameters
 from . import models  # noqa: E402,F401  (registers the families' scopes and named builders)
 
 __version__ = "0.2.0"
-__all__ = ["share", "fuse", "unique_parameters", "sharing_of", "SharingPlan", "SharingError",
+__all__ = ["share", "fuse", "cached", "unique_parameters", "sharing_of", "SharingPlan", "SharingError",
            "build_plan", "models", "__version__"]

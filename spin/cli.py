@@ -15,6 +15,7 @@ from .config import ArgumentParser, ConfigError, cfg_from_args, check_cfg, get_a
 from .engine.checkpoint import cfg_from_checkpoint, latest_checkpoint
 from .engine.distributed import under_torchrun
 from .engine.launch import launch, run_net_job, test_job
+from .engine.verify import ConsistencyError
 from .errors import SpinError
 from .paths import check_file, check_folder
 from .sweep.run import SweepStopped
@@ -407,6 +408,9 @@ def main(argv: Sequence[str] = None) -> int:
     except KeyboardInterrupt:  # every file is written atomically: nothing half-written is kept
         print("spin: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    except ConsistencyError as e:  # not a bad input: a number spin would have got wrong
+        report(e)
+        return 1
     except SpinError as e:
         report(e)
         return 2

@@ -94,17 +94,6 @@ def fuse_sets(plan: SharingPlan, weights: Sequence[torch.Tensor], fusion: str,
     return _GroupMean.apply(plan.groups, None if is_bias else coeffs, *weights)
 
 
-def cached(cache: dict, slot, tensors: Sequence[torch.Tensor], compute):
-    """``compute()`` once, reused until one of ``tensors`` changes (its version or storage).
-    For no-grad use (eval, inference): it is how WFWS inference costs what WS does."""
-    key = tuple((t._version, t.data_ptr()) for t in tensors)
-    hit = cache.get(slot)
-    if hit is None or hit[0] != key:
-        hit = (key, compute())
-        cache[slot] = hit
-    return hit[1]
-
-
 def fuse_group(weights: Sequence[torch.Tensor], fusion: str,
                coeffs: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """One group's member tensors (C_out, ...) in layer order -> its fused tensor. ``coeffs``:

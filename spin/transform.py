@@ -26,16 +26,19 @@ deepcopy cannot leave it stale); WFWS and relaxed sharing put the computed tenso
 block's forward only (a forward hook that runs even when the forward raises takes it away), so
 outside a forward ``blocks[i]...weight`` is the stored per-layer parameter again. In grad mode a
 call of the whole stack fuses each group once, for this call only (its members share the fused
-tensor; the cache is dropped when the call ends, also on an exception); a block called on its own
+tensor; the memo is dropped when the call ends, also on an exception); a block called on its own
 (gradient checkpointing's recompute, ``forward_intermediates``) fuses its group itself, so
-checkpointing and gradient accumulation get their own fresh graphs. Without grad (eval, inference)
-each group is fused once and cached until one of its tensors changes, so WFWS inference costs what
-WS does.
+checkpointing and gradient accumulation get their own fresh graphs. Eval works the same way: every
+forward fuses afresh, so an evaluation always sees the weights as they are now, whatever changed
+them (any optimizer, fused ones included, EMA, load_state_dict, in-place edits). Fusions outlive
+a forward only inside an explicit no-grad ``with spin.cached(model):`` block, whose caller promises
+that no weight changes in it (deployment: ``spin.fuse`` removes the fusion altogether).
 
 Buffers (BatchNorm running statistics) stay per layer whatever the scope.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import numbers
@@ -44,7 +47,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .fusion import (cached, coefficient_shape, fit_relax, fuse_group, parse_fusion, parse_relax, relax_apply, relax_init,
+from .fusion import (coefficient_shape, fit_relax, fuse_group, parse_fusion, parse_relax, relax_apply, relax_init,
                      relax_shapes)
 from .sharing import SharingError, SharingPlan, build_plan, parse_scope, scope_patterns
 
@@ -95,8 +98,8 @@ class SharedBlocks(nn.Module):
         # holder the (module, attribute) of each name, read from _parameters on every use.
         object.__setattr__(self, "_stack", stack)
         object.__setattr__(self, "_stored", [_slots(b, names) for b in stack])
-        self._cache: dict = {}  # no-grad fusions, keyed by the tensors' versions
-        self._pass: Optional[dict] = None  # this stack call's fusions (grad mode)
+        self._pass: Optional[dict] = None  # this stack call's fusions
+        self._scoped: Optional[dict] = None  # the fusions of an open spin.cached() block
         self._coeff_names: tuple = ()
         if fusion is None:
             self.sets = nn.ModuleList([param_tree(s) for s in sets])
@@ -143,14 +146,15 @@ class SharedBlocks(nn.Module):
         members = self.plan.groups[g]
         weights = [_read(self._stored[l][name]) for l in members]
         coeffs = [_read(self._coeffs[l][name]) for l in members] if name in self._coeff_names else None
-        if torch.is_grad_enabled():
-            if self._pass is None:  # a block called on its own (checkpointing, intermediates)
-                return fuse_group(weights, self.fusion, coeffs)
-            if (g, name) not in self._pass:  # the first member this stack call: fuse once
-                self._pass[(g, name)] = fuse_group(weights, self.fusion, coeffs)
-            return self._pass[(g, name)]
-        return cached(self._cache, (g, name), weights + (coeffs or []),
-                      lambda: fuse_group(weights, self.fusion, coeffs))
+        # A memo lives only as long as a scope in which no weight can change: one call of the
+        # stack (the optimizer steps between calls), or a no-grad spin.cached() block whose caller
+        # promises the same. Nothing is keyed on tensor versions, which fused optimizers skip.
+        memo = self._scoped if self._scoped is not None and not torch.is_grad_enabled() else self._pass
+        if memo is None:  # a block called on its own (checkpointing, intermediates)
+            return fuse_group(weights, self.fusion, coeffs)
+        if (g, name) not in memo:  # the first member this scope: fuse once
+            memo[(g, name)] = fuse_group(weights, self.fusion, coeffs)
+        return memo[(g, name)]
 
     def relax_of(self, i: int, name: str) -> dict:
         """Layer i's relax parameters of ``name`` by suffix (lora_a, lora_b, scale, shift)."""
@@ -180,7 +184,8 @@ class SharedBlocks(nn.Module):
         out = super()._apply(fn, recurse)
         if self.static:  # .to()/.half() may replace the shared Parameters: re-point blocks
             self.inject_all()
-        self._cache.clear()
+        if self._scoped is not None:
+            self._scoped.clear()
         return out
 
     def batchnorm_parameters(self) -> list:
@@ -315,6 +320,22 @@ def _uninstall(model: nn.Module) -> SharedBlocks:
         module.__dict__.pop(_KEY, None)
     del model.shared
     return bank
+
+
+@contextlib.contextmanager
+def cached(model: nn.Module):
+    """Inside the block, no-grad forwards of a WFWS model reuse each group's fusion instead of
+    recomputing it per forward (``torch.nn.utils.parametrize.cached``'s contract): the caller
+    promises that no weight of ``model`` changes inside it. Grad-mode forwards ignore it. Leaving
+    the block drops every memo, so nothing derived survives a change made after it."""
+    holders = [m for m in model.modules() if "_scoped" in m.__dict__ and m.__dict__["_scoped"] is None]
+    for m in holders:
+        m._scoped = {}
+    try:
+        yield model
+    finally:
+        for m in holders:
+            m._scoped = None
 
 
 def bank_of(model: nn.Module) -> Optional[SharedBlocks]:

@@ -26,6 +26,7 @@ from .engine import evaluate, train_one_epoch
 from .logging import MetricsCSV, TensorBoard, format_eta, log_epoch, log_json_stats, memory_gb, setup_logging
 from .optim import construct_optimizer, get_lr_at_epoch
 from .runfolder import RunLock, record_config, remove_temp_files
+from .verify import verify_run
 
 
 def seed_everything(seed: int) -> None:
@@ -159,7 +160,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
 
     lock = RunLock(cfg.OUTPUT_DIR) if info.is_master else None
     stale = lock.acquire() if lock else None
-    tb = None
+    tb, check = None, None
     try:
         ckdir = cu.checkpoint_dir(cfg.OUTPUT_DIR)
         csv = MetricsCSV(os.path.join(ckdir, "metrics.csv"))
@@ -195,6 +196,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
         reduce = _reduce(info)
         best = min((float(r["val_top1_err"]) for r in csv.rows() if r.get("val_top1_err")), default=None)
         val, last_ck = {}, cu.latest_checkpoint(cfg.OUTPUT_DIR)
+        ema_val = None
         for epoch in range(start_epoch, max_epoch):
             # Each epoch is a function of (state at its start, seed, epoch): a resumed run repeats it.
             seed = cfg.RNG_SEED * 100_003 + epoch * 1_009 + info.rank
@@ -221,7 +223,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
                 record.update(val_loss=val["loss"], val_top1_err=val["top1_err"],
                               val_top5_err=val["top5_err"], val_samples=val["samples"], min_top1_err=best)
                 if ema is not None:
-                    ev = evaluate(ema.module, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
+                    ev = ema_val = evaluate(ema.module, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
                     record.update(ema_val_top1_err=ev["top1_err"], ema_val_top5_err=ev["top5_err"])
             if info.is_master:  # the row first: a resume drops rows of epochs after its checkpoint
                 log_epoch(record, max_epoch, csv, tb)
@@ -233,6 +235,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
                                                  cfg, optimizer, scaler, extra={"classes": classes},
                                                  ema=ema and ema.module)
                 barrier()
+                last_ck = cu.checkpoint_path(cfg.OUTPUT_DIR, epoch)  # every rank: it verifies it
         if start_epoch >= max_epoch:  # already trained (e.g. run.sh again): report, do not retrain
             log.info(f"{last_ck} already finished SOLVER.MAX_EPOCH {max_epoch}; evaluating it "
                      f"(raise MAX_EPOCH or change OUTPUT_DIR to train more)")
@@ -240,12 +243,24 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
             log_json_stats({"_type": "val_epoch", "epoch": f"{max_epoch}/{max_epoch}",
                             "top1_err": val["top1_err"], "top5_err": val["top5_err"],
                             "loss": val["loss"], "samples": val["samples"]})
+            if ema is not None:
+                ema_val = evaluate(ema.module, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
+        if val and last_ck:  # every reported number is reproduced from the saved file (verify.py)
+            check = verify_run(cfg.OUTPUT_DIR, last_ck, val, cu.epochs_done(last_ck), val_loader, info.device,
+                               cfg.TRAIN.CHANNELS_LAST, reduce, ema_val, info.is_master,
+                               prepare=lambda m: _prepare(m, cfg, info), live=core,
+                               live_ema=ema.module if ema is not None else None)
+            ck_val = check["checkpoint_eval"]
+            log_json_stats({"_type": "checkpoint_eval", "checkpoint": check["checkpoint"],
+                            "epoch": check["epoch"], "top1_err": ck_val["top1_err"],
+                            "top5_err": ck_val["top5_err"], "loss": ck_val["loss"],
+                            "samples": ck_val["samples"], "agree": check["agree"]})
     finally:
         if tb is not None:
             tb.close()
         if lock:
             lock.release()
-    return {"val": val, "parameters": n_params, "unique_parameters": unique_parameters(core),
+    return {"val": val, "checkpoint_eval": check["checkpoint_eval"] if check else None, "parameters": n_params, "unique_parameters": unique_parameters(core),
             "checkpoint": last_ck and os.path.abspath(last_ck), "output_dir": os.path.abspath(cfg.OUTPUT_DIR),
             "tensorboard": tb.log_dir if tb is not None else None, "start_epoch": start_epoch}
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
 
-from ..fusion import (cached, coefficient_shape, fit_relax, fuse_sets, parse_fusion, parse_relax, relax_apply, relax_init,
+from ..fusion import (coefficient_shape, fit_relax, fuse_sets, parse_fusion, parse_relax, relax_apply, relax_init,
                       relax_shapes)
 from ..sharing import SCOPES, SharingError, SharingPlan, parse_scope
 from ..transform import param_tree
@@ -206,7 +206,7 @@ class SpinConvMixer(nn.Module):
         # WFWS), its own entry otherwise.
         self.pw_index = list(plan.layer_to_set) if share_pw else list(range(depth))
         self.fused_pw = bool(fusion) and share_pw
-        self._fusion_cache: dict = {}
+        self._scoped: Optional[dict] = None  # the fusions of an open spin.cached() block
         self._init_weights()
         # Relaxed sharing: per-layer deltas on the shared parts (relax_params.{i}.<part>_<suffix>).
         self.relax, self.relax_rank = relax, relax_rank
@@ -240,18 +240,21 @@ class SpinConvMixer(nn.Module):
 
     # ----------------------------------------------------------------------- shared weights
     def _fused(self, weights: nn.ParameterList, coeffs: Optional[nn.ParameterList], is_bias: bool):
-        """N fused sets (a tuple). Without autograd (eval, inference) the result is cached until a
-        stored tensor changes (its version or storage), so WFWS inference costs what WS does."""
+        """N fused sets (a tuple), computed afresh on every call (one call per forward): only an
+        open no-grad ``spin.cached(model)`` block, whose caller promises unchanged weights, reuses
+        them. No cache keyed on tensor versions: fused optimizers update weights without a bump."""
         def compute():
             c = torch.stack(list(coeffs)) if coeffs is not None else None  # (D, 1|C)
             # N separate tensors: indexing one (N, ...) result per layer would make each layer's
             # backward write a zero-filled (N, ...) gradient (32 x 38 MB per step at 768/32).
             return fuse_sets(self.plan, list(weights), self.fusion, c, is_bias)
 
-        if torch.is_grad_enabled():
+        memo = self._scoped
+        if memo is None or torch.is_grad_enabled():
             return compute()
-        tensors = list(weights) + (list(coeffs) if coeffs is not None else [])
-        return cached(self._fusion_cache, id(weights), tensors, compute)
+        if id(weights) not in memo:
+            memo[id(weights)] = compute()
+        return memo[id(weights)]
 
     _RELAXED = (("pw_w", "pwise_w"), ("pw_b", "pwise_b"), ("dw_w", "dwise_w"), ("dw_b", "dwise_b"))
 
