@@ -208,7 +208,7 @@ def plot_main(argv: Sequence[str]):
 def sweep_main(argv: Sequence[str]):
     """spin sweep --cfg BASE.yaml --grid KEY V1,V2 [--seeds 3] --out DIR | --sweep FILE --out DIR | --report DIR"""
     from .sweep import (check_not_reserved, check_trials, finalize, grid_trials, load_sweep_file, parse_values,
-                        run_sweep, slurm_submission, write_report)
+                        run_sweep, save_comparisons, slurm_submission, write_report)
 
     p = ArgumentParser(prog="spin sweep", description=sweep_main.__doc__)
     p.add_argument("--cfg", action="append", default=[], help="base config (may repeat)")
@@ -241,7 +241,8 @@ def sweep_main(argv: Sequence[str]):
             raise ConfigError(f"--report {args.report!r} is not a folder; give the --out folder of a sweep")
         check_folder(args.report, "--report")
         res = write_report(args.report)
-        print(f"{len(res['rows'])} trials: {args.report}/results.csv, summary.md, {len(res['plots'])} plots")
+        print(f"{len(res['rows'])} trials: {args.report}/results.csv, summary.md"
+              + (", comparisons.csv" if res["comparisons"] else "") + f", {len(res['plots'])} plots")
         return res
     if not args.out:
         raise ConfigError("spin sweep needs --out DIR (the sweep folder), or --report DIR")
@@ -265,8 +266,10 @@ def sweep_main(argv: Sequence[str]):
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
         raise ConfigError(f"--grid {', '.join(twice)} given more than once; list all its values in one --grid")
+    comparisons = None  # a grid from the command line has none: it leaves DIR's alone
     if args.sweep:
         settings, trials = load_sweep_file(args.sweep)
+        comparisons = settings["comparisons"]
         if args.cfg or args.seeds is not None:
             raise ConfigError("--cfg and --seeds come from the sweep file with --sweep; edit the file")
         for t in trials:  # the command line's overrides come after the file's
@@ -289,12 +292,15 @@ def sweep_main(argv: Sequence[str]):
             print(f"# the first SLURM submission: {len(first)} trials without a parent, as one job array")
             print(slurm_submission(os.path.join(os.path.abspath(args.out), ".submitit"), slurm, len(first)))
         return trials
+    if comparisons is not None:  # before the trials run: a report of a stopped sweep judges them too
+        save_comparisons(args.out, comparisons)
     status = run_sweep(trials, args.out, args.executor, args.jobs, slurm)
     res = write_report(args.out)
     failed = [k for k, v in status.items() if v == "failed"]
     print(f"sweep: {sum(v == 'done' for v in status.values())}/{len(trials)} trials done"
           + (f", {len(failed)} failed: {', '.join(failed)}" if failed else "")
-          + f"; {args.out}/summary.md, results.csv, {len(res['plots'])} plots")
+          + f"; {args.out}/summary.md, results.csv" + (", comparisons.csv" if res["comparisons"] else "")
+          + f", {len(res['plots'])} plots")
     return status
 
 

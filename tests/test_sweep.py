@@ -59,7 +59,8 @@ def test_grid_by_seeds_rerun_and_report(data, tmp_path, capsys):
     ws_both = [r for r in table if r[rate] == "2" and r[scope] == "both"]
     assert {r["unique_params"] for r in ws_both} == {"5028"} and ws_both[0]["kind"] == "WS"
     summary = json.load(open(os.path.join(out, "summary.json")))
-    for point in summary:
+    assert summary["comparisons"] == [] and not os.path.exists(os.path.join(out, "comparisons.csv"))
+    for point in summary["points"]:
         mine = [float(r["final_top1"]) for r in table if r["trial"] == point["trial"]]
         assert point["n"] == 2 and point["final_mean"] == pytest.approx(statistics.fmean(mine))
         assert point["final_std"] == pytest.approx(statistics.stdev(mine))
@@ -109,7 +110,7 @@ def test_a_broken_trial_config_refuses_the_sweep_before_anything_is_written(tmp_
 
 def test_parent_child_wfws_trial_starts_from_the_parents_checkpoint(data, tmp_path):
     sweep = tmp_path / "wfws.yaml"
-    sweep.write_text(f"""
+    text = f"""
 base: {TINY}
 opts: [DATA.PATH_TO_DATA_DIR, {data}, SOLVER.MAX_EPOCH, 2, TEST.ENABLE, False]
 seeds: 1
@@ -118,7 +119,8 @@ groups:
     trials:
       wfws: {{parent: vanilla, opts: [CONVMIXER.WEIGHT_SHARE.REDUCTION_FN, channel_weighted_mean]}}
       vanilla: [CONVMIXER.WEIGHT_SHARE.ENABLE, False]
-""")
+"""
+    sweep.write_text(text + "comparisons: [fusion/wfws < fusion/vanilla]\n")
     out = tmp_path / "sw"
     assert main(["sweep", "--sweep", str(sweep), "--out", str(out), "--jobs", "2"]) == 0
     parent_ck = out / "fusion" / "vanilla-s0" / "checkpoints" / "checkpoint_epoch_00002.pyth"
@@ -127,6 +129,17 @@ groups:
     table = {r["trial"]: r for r in rows(out)}
     assert table["wfws"]["kind"] == "WFWS" and table["vanilla"]["kind"] == "vanilla"
     assert int(table["wfws"]["unique_params"]) < int(table["vanilla"]["params"]) < int(table["wfws"]["params"])
+    with open(out / "comparisons.csv") as f:  # one seed a side: no interval
+        (row,) = list(csv.DictReader(f))
+    assert (row["comparison"], row["n_a"], row["n_b"], row["verdict"]) == \
+        ("fusion/wfws < fusion/vanilla", "1", "1", "n/a")
+    before = (out / "comparisons.csv").read_bytes()
+    (out / "comparisons.csv").unlink()
+    assert main(["sweep", "--report", str(out)]) == 0  # the comparisons live in the sweep folder
+    assert (out / "comparisons.csv").read_bytes() == before and "## Comparisons" in (out / "summary.md").read_text()
+    sweep.write_text(text)  # a rerun of the file without comparisons drops them (nothing retrains)
+    assert main(["sweep", "--sweep", str(sweep), "--out", str(out)]) == 0
+    assert not (out / "comparisons.yaml").exists() and not (out / "comparisons.csv").exists()
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_retraining(data, tmp_path):

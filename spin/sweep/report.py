@@ -1,8 +1,13 @@
 """A sweep's results, rebuilt from its run folders alone (every DIR/<group>/<trial>/sweep_trial.json):
 
 * results.csv — one row per trial: group, trial, grid values, seed, kind (vanilla/WS/WFWS),
-  parameters, unique parameters, GMACs, final and best val top-1/top-5, epochs, train time, status;
-* summary.md — per group, mean ± std over seeds for every grid point, sorted by final top-1;
+  parameters, unique parameters, GMACs, final and best val top-1/top-5, the final checkpoint's
+  top-1/top-5 re-evaluated by the engine (OUTPUT_DIR/checkpoint_eval.json; empty in older runs) and
+  whether it agrees with the run's own last validation, epochs, train time, status;
+* summary.md — per group, mean ± std over seeds for every grid point, sorted by top-1 (the
+  checkpoint's where every finished seed has it), trials whose checkpoint disagrees flagged, and
+  the verdicts on the sweep's comparisons (compare.py);
+* comparisons.csv — one row per comparison: the means, the 95% interval of their difference, the verdict;
 * accuracy_vs_params.png — final top-1 (mean ± std) against unique parameters, one colour per kind;
 * <group>_<KEY>.png — top-1 against each grid key, one line per combination of the other keys.
 """
@@ -21,11 +26,18 @@ from ..config import load_config
 from ..engine.curves import read_metrics, save_png
 from ..engine.runfolder import RunFolderError, atomic_write
 from ..errors import SpinError
+from .compare import FIELDS as COMPARISON_FIELDS
+from .compare import comparisons_markdown, load_comparisons, primary_metric, verdicts
 from .run import STATUS, read_status
 from .spec import max_epoch
 
 FIELDS = ["group", "trial", "seed", "kind", "params", "unique_params", "gmacs", "final_top1", "best_top1",
-          "final_top5", "best_top5", "epochs", "max_epoch", "train_time_s", "status", "error"]
+          "final_top5", "best_top5", "ckpt_top1", "ckpt_top5", "agree", "epochs", "max_epoch", "train_time_s",
+          "status", "error"]
+CHECKPOINT_EVAL = "checkpoint_eval.json"
+# in-loop and checkpoint top-1 further apart than this (points) flag the trial: the saved model is
+# not the one the run measured
+AGREE_POINTS = 0.01
 
 
 def _describe(cfg_files, opts, cache: dict) -> dict:
@@ -47,6 +59,26 @@ def _describe(cfg_files, opts, cache: dict) -> dict:
             cache[key] = {}
         cache[key]["max_epoch"] = max_epoch(cfg_files, arch_opts)
     return cache[key]
+
+
+def _checkpoint_eval(run_dir: str) -> dict:
+    """ckpt_top1, ckpt_top5 and agree from the engine's re-evaluation of the final checkpoint."""
+    try:
+        with open(os.path.join(run_dir, CHECKPOINT_EVAL)) as f:
+            ev = json.load(f)
+        ck = ev["checkpoint_eval"]
+        return {"ckpt_top1": round(100 - float(ck["top1_err"]), 4), "ckpt_top5": round(100 - float(ck["top5_err"]), 4),
+                "agree": bool(ev["agree"]) if ev.get("agree") is not None else ""}
+    except (OSError, ValueError, KeyError, TypeError):  # an older run (no file): the columns stay empty
+        return {}
+
+
+def disagrees(row: dict) -> bool:
+    if row.get("ckpt_top1") is None:
+        return False
+    # the epsilon: two 4-decimal top-1s exactly 0.01 apart differ by a hair more in floats
+    far = row.get("final_top1") is not None and abs(row["final_top1"] - row["ckpt_top1"]) > AGREE_POINTS + 1e-9
+    return row.get("agree") is False or far
 
 
 def collect(out: str) -> tuple[list[dict], list[str]]:
@@ -73,6 +105,7 @@ def collect(out: str) -> tuple[list[dict], list[str]]:
                        best_top1=round(100 - min(m["val_top1_err"] for m in evals), 4),
                        final_top5=round(100 - evals[-1]["val_top5_err"], 4),
                        best_top5=round(100 - min(m["val_top5_err"] for m in evals), 4))
+        row.update(_checkpoint_eval(os.path.dirname(path)))
         row["epochs"] = int(metrics[-1]["epoch"]) if metrics else 0
         row["train_time_s"] = round(sum(m.get("train_time") or 0 for m in metrics), 2)
         if row["status"] == "done" and row.get("max_epoch") and row["epochs"] < row["max_epoch"]:
@@ -99,30 +132,50 @@ def summarize(rows: list[dict]) -> list[dict]:
         done = [r for r in rs if r["status"] == "done"]
         m1, s1 = _mean_std([r.get("final_top1") for r in done])
         mb, sb = _mean_std([r.get("best_top1") for r in done])
+        mc, sc = _mean_std([r.get("ckpt_top1") for r in done])
+        ckpt = primary_metric(done) == "ckpt_top1"
         out.append({"group": group, "trial": trial, "n": len(done), "of": len(rs), "kind": rs[0].get("kind", ""),
-                    "final_mean": m1, "final_std": s1, "best_mean": mb, "best_std": sb,
+                    "top1_mean": mc if ckpt else m1, "top1_std": sc if ckpt else s1,
+                    "top1_source": "checkpoint" if ckpt else "in-loop",
+                    "final_mean": m1, "final_std": s1, "best_mean": mb, "best_std": sb, "ckpt_mean": mc, "ckpt_std": sc,
                     "unique_params": rs[0].get("unique_params"), "params": rs[0].get("params"),
                     "gmacs": rs[0].get("gmacs"), "rows": rs})
-    out.sort(key=lambda p: (str(p["group"]), -(p["final_mean"] if p["final_mean"] is not None else -1)))
+    out.sort(key=lambda p: (str(p["group"]), -(p["top1_mean"] if p["top1_mean"] is not None else -1)))
     return out
 
 
 def _pm(m, s) -> str:
-    return "-" if m is None else f"{m:.2f} ± {s:.2f}"
+    return "-" if m is None else f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}"
 
 
-def summary_markdown(points: list[dict]) -> str:
-    lines = ["Final and best val top-1 (%), mean ± std over seeds (n = finished seeds of all); sorted by "
-             "final top-1 within each group. Differences inside the seed spread are ties.", ""]
+def _disagreement_note(points: list[dict]) -> list[str]:
+    bad = [r for p in points for r in p["rows"] if r["status"] == "done" and disagrees(r)]
+    if not bad:
+        return []
+    listed = "; ".join(f"{r['group']}/{r['trial']}-s{r['seed']} (in-loop {_pm(r.get('final_top1'), None)}, "
+                       f"checkpoint {_pm(r['ckpt_top1'], None)}, agree {r.get('agree')})" for r in bad)
+    return [f"⚠ in-loop ≠ checkpoint: {listed}. The final checkpoint, reloaded into a fresh model, does not "
+            f"score what the run measured (agree False or more than {AGREE_POINTS} points apart).", ""]
+
+
+def summary_markdown(points: list[dict], comparisons: Optional[list[dict]] = None) -> str:
+    lines = ["Val top-1 (%), mean ± std over seeds (n = finished seeds of all), sorted within each group. top-1 "
+             "is the final checkpoint re-evaluated in a fresh model (source checkpoint) where every finished "
+             "seed has checkpoint_eval.json, else the run's last in-loop validation (source in-loop); best "
+             "top-1 is the best in-loop epoch. Differences inside the seed spread are ties.", ""]
+    lines += _disagreement_note(points)
     for group in dict.fromkeys(p["group"] for p in points):
-        lines += [f"## {group}", "", "| trial | kind | unique params | GMACs | final top-1 | best top-1 | n |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"## {group}", "", "| trial | kind | unique params | GMACs | top-1 | source | best top-1 | n |",
+                  "|---|---|---|---|---|---|---|---|"]
         for p in (q for q in points if q["group"] == group):
             up = f"{p['unique_params']:,}" if isinstance(p["unique_params"], int) else "-"
             gm = f"{p['gmacs']:.4f}" if isinstance(p["gmacs"], float) else "-"
-            lines.append(f"| {p['trial']} | {p['kind']} | {up} | {gm} | {_pm(p['final_mean'], p['final_std'])} | "
-                         f"{_pm(p['best_mean'], p['best_std'])} | {p['n']}/{p['of']} |")
+            source = p["top1_source"] if p["top1_mean"] is not None else "-"
+            lines.append(f"| {p['trial']} | {p['kind']} | {up} | {gm} | {_pm(p['top1_mean'], p['top1_std'])} | "
+                         f"{source} | {_pm(p['best_mean'], p['best_std'])} | {p['n']}/{p['of']} |")
         lines.append("")
+    if comparisons:
+        lines.append(comparisons_markdown(comparisons))
     return "\n".join(lines)
 
 
@@ -194,18 +247,32 @@ def plot_per_key(rows: list[dict], keys: list[str], out: str) -> list[str]:
     return written
 
 
-def write_report(out: str) -> dict:
-    """results.csv, summary.md and the plots in ``out``; returns their paths and the points."""
-    rows, keys = collect(out)
+def _write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS[:3] + keys + FIELDS[3:], extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-    atomic_write(os.path.join(out, "results.csv"), lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def write_report(out: str) -> dict:
+    """results.csv, summary.md, summary.json, the plots and (with comparisons) comparisons.csv in
+    ``out``; returns the rows, points, comparison results and the plots' paths."""
+    rows, keys = collect(out)
+    _write_csv(os.path.join(out, "results.csv"), FIELDS[:3] + keys + FIELDS[3:], rows)
     points = summarize(rows)
-    atomic_write(os.path.join(out, "summary.md"), lambda f: f.write(summary_markdown(points).encode()))
+    comparisons = verdicts(rows, load_comparisons(out))
+    if comparisons:
+        _write_csv(os.path.join(out, "comparisons.csv"), COMPARISON_FIELDS,
+                   [{k: round(v, 4) if isinstance(v, float) else v for k, v in c.items()} for c in comparisons])
+    elif os.path.exists(os.path.join(out, "comparisons.csv")):  # the sweep no longer has comparisons
+        os.remove(os.path.join(out, "comparisons.csv"))
+    text = summary_markdown(points, comparisons)
+    atomic_write(os.path.join(out, "summary.md"), lambda f: f.write(text.encode()))
     plot_accuracy_vs_params(points, os.path.join(out, "accuracy_vs_params.png"))
     plots = plot_per_key(rows, keys, out)
-    text = json.dumps([{k: v for k, v in p.items() if k != "rows"} for p in points], indent=1)
+    text = json.dumps({"points": [{k: v for k, v in p.items() if k != "rows"} for p in points],
+                       "comparisons": comparisons}, indent=1)
     atomic_write(os.path.join(out, "summary.json"), lambda f: f.write(text.encode()))
-    return {"rows": rows, "points": points, "plots": [os.path.join(out, "accuracy_vs_params.png")] + plots}
+    return {"rows": rows, "points": points, "comparisons": comparisons,
+            "plots": [os.path.join(out, "accuracy_vs_params.png")] + plots}

@@ -20,11 +20,15 @@ or from a sweep file (several groups, e.g. one per ablation; paths relative to t
           wfws-mean:
             parent: vanilla                          # starts from its final checkpoint (same seed)
             opts: [CONVMIXER.WEIGHT_SHARE.ENABLE, True, CONVMIXER.WEIGHT_SHARE.REDUCTION_FN, mean]
+    comparisons:                                     # claims the report gives a verdict on
+      - scope/SCOPE=pointwise > scope/SCOPE=norm     # left top-1 higher (or <: lower)
+      - {a: fusion/wfws-mean, claim: "<", b: fusion/vanilla, name: fusion costs accuracy}
 
 Trials are the product x seeds (``RNG_SEED`` 0..seeds-1); trial ``name`` of group ``g`` with seed
 ``k`` trains in DIR/g/name-s<k>. A grid trial is named from its values (``SCOPE=both``). A child
 gets its parent's final checkpoint as TRAIN.CHECKPOINT_FILE_PATH with CHECKPOINT_EPOCH_RESET and
-waits for it; a parent is named ``trial`` (same group) or ``group/trial``.
+waits for it; a parent is named ``trial`` (same group) or ``group/trial``. A comparison names
+trials ``group/trial`` without the seed; see report.py for its verdict.
 """
 from __future__ import annotations
 
@@ -164,10 +168,10 @@ def load_sweep_file(path: str) -> tuple[dict, list[Trial]]:
         raise SweepError(f"sweep file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("groups"), dict) or not spec["groups"]:
         raise SweepError(f"sweep file {path} needs 'groups:' with at least one group (see spin sweep --help)")
-    unknown = set(spec) - {"base", "opts", "seeds", "groups", "description"}
+    unknown = set(spec) - {"base", "opts", "seeds", "groups", "comparisons", "description"}
     if unknown:
         raise SweepError(f"sweep file {path}: unknown entries {sorted(unknown)}; allowed: base, opts, seeds, "
-                         f"groups, description")
+                         f"groups, comparisons, description")
     here = os.path.dirname(os.path.abspath(path))
     base = spec.get("base") or []
     base = [base] if isinstance(base, str) else list(base)
@@ -201,7 +205,66 @@ def load_sweep_file(path: str) -> tuple[dict, list[Trial]]:
             check_not_reserved(opts + extra, f"trial {group}/{name}")
             trials += [Trial(group, _safe(str(name)), s, cfg_files, opts + extra + ["RNG_SEED", str(s)],
                              {"trial": str(name)}, parent) for s in range(seeds)]
-    return {"seeds": seeds, "cfg_files": cfg_files, "description": spec.get("description", "")}, trials
+    comparisons = parse_comparisons(spec.get("comparisons"), f"sweep file {path}",
+                                    {f"{t.group}/{t.name}" for t in trials})
+    return {"seeds": seeds, "cfg_files": cfg_files, "description": spec.get("description", ""),
+            "comparisons": comparisons}, trials
+
+
+COMPARISON_FORM = "write 'GROUP/TRIAL > GROUP/TRIAL' (the left top-1 higher; '<' lower)"
+
+
+def _comparison_parts(entry) -> tuple[str, str, str, str]:
+    """(a, claim, b, name) of 'A > B' or {a: A, claim: '>', b: B, name: ...}."""
+    if isinstance(entry, dict):
+        if set(entry) - {"a", "b", "claim", "name"} or not {"a", "b", "claim"} <= set(entry):
+            raise SweepError(f"comparison {entry!r} needs a, b and claim (and may have a name); {COMPARISON_FORM}")
+        a, claim, b = (str(entry[k]).strip() for k in ("a", "claim", "b"))
+        return a, claim, b, str(entry.get("name") or f"{a} {claim} {b}")
+    if not isinstance(entry, str):
+        raise SweepError(f"comparison {entry!r} is not a string; {COMPARISON_FORM}")
+    parts = entry.split()
+    if len(parts) != 3:  # without spaces around the operator
+        parts = [p.strip() for p in re.split(r"([<>])", entry)]
+    if len(parts) != 3:
+        raise SweepError(f"comparison {entry!r} is not two trials and an operator; {COMPARISON_FORM}")
+    a, claim, b = parts
+    return a, claim, b, f"{a} {claim} {b}"
+
+
+def _trial_name(side: str, entry, names: Optional[set]) -> str:
+    """'group/trial' as the sweep names it (grid names are made safe the same way)."""
+    group, _, trial = side.partition("/")
+    name = f"{group}/{_safe(trial)}" if trial else side
+    if names is not None and name not in names:
+        close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+        raise SweepError(f"comparison {entry!r}: {side!r} is not a trial of this sweep; "
+                         + (f"did you mean {close[0]}?" if close else "name it GROUP/TRIAL, without the seed"))
+    return name
+
+
+def parse_comparisons(entries, where: str, names: Optional[set] = None) -> list[dict]:
+    """The ``comparisons:`` of a sweep as {name, a, claim, b}; every trial checked against ``names``
+    when given. One line per problem."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise SweepError(f"{where}: comparisons must be a list, e.g. [a/x > a/y]; {COMPARISON_FORM}")
+    out, problems = [], []
+    for entry in entries:
+        try:
+            a, claim, b, name = _comparison_parts(entry)
+            if claim not in (">", "<"):
+                raise SweepError(f"comparison {entry!r}: operator {claim!r} is neither > nor <; {COMPARISON_FORM}")
+            a, b = _trial_name(a, entry, names), _trial_name(b, entry, names)
+            if a == b:
+                raise SweepError(f"comparison {entry!r} compares {a} with itself; name two different trials")
+            out.append({"name": name, "a": a, "claim": claim, "b": b})
+        except SweepError as e:
+            problems.append(f"{where}: {e}")
+    if problems:
+        raise SweepError("\n".join(problems))
+    return out
 
 
 def max_epoch(cfg_files, opts) -> Optional[int]:
