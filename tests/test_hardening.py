@@ -26,6 +26,12 @@ from spin.engine.trainer import SoftTargetLoss, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tests", "tiny-ws.yaml")
 DEIT_DIGITS = os.path.join(ROOT, "configs", "digits", "WS-DeiT-digits.yaml")
+# Commands of the BAD table run on another family's small config: alias -> (command, config).
+FAMILY_CMDS = {"train_deit": ("train", DEIT_DIGITS),
+               "train_cnx": ("train", os.path.join(ROOT, "configs", "digits", "WS-ConvNeXt-iso-digits.yaml")),
+               "train_mix": ("train", os.path.join(ROOT, "configs", "digits", "WS-Mixer-digits.yaml")),
+               "stats_deit": ("stats", DEIT_DIGITS)}
+WS = "CONVMIXER.WEIGHT_SHARE."
 
 
 def snapshot(root):
@@ -59,6 +65,7 @@ def world(tmp_path_factory):
         "syntax.yaml": "TRAIN:\n  ENABLE: [True\n", "list.yaml": "- TRAIN\n- SOLVER\n", "scalar.yaml": "42\n",
         "section.yaml": "TRAIN: 5\n", "binary.yaml": bytes(range(256)) * 4, "a_file": "not a folder\n",
         "junk.pt2": "junk\n", "null.yaml": "SOLVER:\n  MAX_EPOCH: null\n", "trials_list.yaml": "groups: {g: {trials: [{name: a, opts: []}]}}\n",
+        "grid_list.yaml": f"base: {TINY}\ngroups: {{g: {{grid: [CONVMIXER.KERNEL, 3]}}}}\n",
     }
     paths = {k: write(tmp / k, v) for k, v in files.items()}
     return dict(data=data, empty=empty, ck=ck, tmp=tmp, run=str(tmp / "run"), **paths)
@@ -140,6 +147,33 @@ BAD = [
      "RELAX lora needs a rank"),
     ("test", ["CONVMIXER.CHANNEL", "16", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "shape mismatches ("),
     ("test", ["OUTPUT_DIR", "{a_file}", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "is a file, not a folder"),
+    # keys of a section the family does not read (defaults are fine: published YAMLs carry them)
+    ("train", ["VIT.DEPTH", "4"], "VIT.DEPTH set, but MODEL.MODEL_NAME WSConvMixer does not read VIT.*"),
+    ("stats", ["MIXER.MLP_RATIO", "[1.0, 2.0]"], "read by MODEL.MODEL_NAME MlpMixer"),
+    ("train_deit", ["CONVNEXT.KERNEL", "5"], "CONVNEXT.KERNEL set, but MODEL.MODEL_NAME DeiT does not read"),
+    # architectures that cannot be built or run: refused before anything is written
+    ("train", ["CONVMIXER.KERNEL", "4"], "CONVMIXER.KERNEL must be an odd number >= 1"),
+    ("train", ["CONVMIXER.KERNEL", "0"], "CONVMIXER.KERNEL must be an odd number >= 1"),
+    ("stats", ["CONVMIXER.KERNEL", "4"], "CONVMIXER.KERNEL must be an odd number >= 1"),
+    ("train", ["CONVMIXER.PATCH_KERNEL", "64", "CONVMIXER.PATCH_STRIDE", "64"], "PATCH_KERNEL 64 is larger than the crop 32"),
+    ("test", ["CONVMIXER.KERNEL", "6", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "CONVMIXER.KERNEL must be an odd"),
+    ("train_cnx", ["CONVNEXT.KERNEL", "4"], "CONVNEXT.KERNEL must be an odd number >= 1"),
+    ("train_cnx", ["CONVNEXT.PATCH_SIZE", "64"], "CONVNEXT.PATCH_SIZE must be in 1..the crop 32"),
+    ("train_deit", ["VIT.CLASS_TOKEN", "False"], "VIT.CLASS_TOKEN False leaves no class token"),
+    ("train_deit", ["VIT.GLOBAL_POOL", "foo"], "cannot be built or run with VIT.GLOBAL_POOL 'foo'"),
+    ("stats_deit", ["VIT.GLOBAL_POOL", "foo"], "VIT.GLOBAL_POOL 'foo' (AssertionError"),
+    ("train_mix", ["MIXER.MLP_RATIO", "[0.5, 4.0, 2.0]"], "MIXER.MLP_RATIO must be [token, channel]"),
+    # integer lists take ints; plan keys that contradict each other are refused, not resolved
+    ("train", [WS + "SHARE_RATE", "1", WS + "SHARING_MAPPING", "custom", WS + "LAYER_MAP", "[0, 0, 1, 3.5]"],
+     "holds 3.5, not an integer"),
+    ("train", [WS + "SHARE_RATE", "1", WS + "SHARING_MAPPING", "custom", WS + "LAYER_MAP", "[0, 0, 1, 1.0]"],
+     "holds 1.0, not an integer"),
+    ("train", [WS + "SHARE_RATE", "1", WS + "SHARING_DISTRIBUTION", "custom", WS + "GROUP_SIZES", "[2.5, 1.5]"],
+     "explicit group sizes [2.5, 1.5] holds 2.5"),
+    ("train", [WS + "SHARING_MAPPING", "custom", WS + "LAYER_MAP", "[0, 0, 1, 1]"],
+     "explicit mapping list fixes the sets by itself, but share_rate (SHARE_RATE) 2"),
+    ("train", [WS + "NUM_SETS", "3"], "NUM_SETS) 3 and share_rate (SHARE_RATE) 2 disagree"),
+    ("train", [WS + "SHARE_RATE", "3", WS + "SHARING_DISTRIBUTION", "front"], "front distribution needs the depth 4 divisible"),
 ]
 # Commands with their whole argument list ({out}: a path under the test's own folder).
 RAW = [
@@ -175,6 +209,14 @@ RAW = [
     (["sweep", "--cfg", TINY, "--grid", "SOLVER.MAX_EPOCH", "1", "--out", "{out}", "--slurm-partition", "gpu"],
      "add --executor slurm"),
     (["sweep", "--sweep", "{trials_list.yaml}", "--out", "{out}", "--dry-run"], "not a list"),
+    (["sweep", "--sweep", "{grid_list.yaml}", "--out", "{out}", "--dry-run"], "'grid:' maps each config key"),
+    (["sweep", "--cfg", TINY, "--grid", "VIT.DEPTH", "4,6", "--out", "{out}"],
+     "trials grid/DEPTH=4-s0, grid/DEPTH=6-s0: VIT.DEPTH set, but MODEL.MODEL_NAME WSConvMixer does not read"),
+    (["sweep", "--cfg", TINY, "--grid", "CONVMIXER.KERNEL", "3,4", "--out", "{out}"],
+     "trial grid/KERNEL=4-s0: CONVMIXER.KERNEL must be an odd number"),
+    (["export", "--checkpoint", "{ck}", "--format", "pt2", "--out", "{out}/x.pt2", "CONVMIXER.KERNEL", "4"],
+     "CONVMIXER.KERNEL must be an odd number"),
+    (["analyze", "--checkpoint", "{ck}", "--out", "{out}/an", "VIT.DEPTH", "4"], "VIT.DEPTH set, but"),
 ]
 
 
@@ -185,8 +227,9 @@ def test_bad_input_is_one_error_line_and_writes_nothing(world, tmp_path, capsys,
     args = extra if command in ("bench", "predict", "nosuchcommand") else base(world, tmp_path / "out", *extra)
     if command == "stats":
         args = ["--cfg", TINY, *extra]
-    if command == "train_deit":
-        command, args = "train", ["--cfg", DEIT_DIGITS, "OUTPUT_DIR", str(tmp_path / "out"), *extra]
+    if command in FAMILY_CMDS:
+        command, cfg = FAMILY_CMDS[command]
+        args = ["--cfg", cfg, *extra] + (["OUTPUT_DIR", str(tmp_path / "out")] if command == "train" else [])
     before, before_world = snapshot(tmp_path), snapshot(world["tmp"])
     rc = main([command, *args])
     err = capsys.readouterr().err
