@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import make_image_folder
 from spin.cli import main
 from spin.config import load_config
-from spin.data.folder import ImageFolder, load_rgb
+from spin.data.folder import DataError, ImageFolder, load_rgb
 from spin.engine import checkpoint as cu
 from spin.engine.engine import NonFiniteLossError
 from spin.engine.optim import get_lr_at_epoch
@@ -59,6 +59,12 @@ def world(tmp_path_factory):
     for split in ("train", "val"):
         for f in os.listdir(os.path.join(empty, split, "b")):
             os.remove(os.path.join(empty, split, "b", f))
+    broken = {}
+    for split in ("train", "val"):  # every image of one split is unreadable
+        broken[split] = make_image_folder(tmp / f"broken_{split}", n_train=4, n_val=2)
+        for dirpath, _, names in os.walk(os.path.join(broken[split], split)):
+            for name in names:
+                write(os.path.join(dirpath, name), b"not a png")
     ck = train(load_config([TINY], ["DATA.PATH_TO_DATA_DIR", data, "OUTPUT_DIR", str(tmp / "run"),
                                     "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False"]))["checkpoint"]
     files = {
@@ -68,7 +74,7 @@ def world(tmp_path_factory):
         "grid_list.yaml": f"base: {TINY}\ngroups: {{g: {{grid: [CONVMIXER.KERNEL, 3]}}}}\n",
     }
     paths = {k: write(tmp / k, v) for k, v in files.items()}
-    return dict(data=data, empty=empty, ck=ck, tmp=tmp, run=str(tmp / "run"), **paths)
+    return dict(data=data, empty=empty, broken_train=broken["train"], broken_val=broken["val"], ck=ck, tmp=tmp, run=str(tmp / "run"), **paths)
 
 
 def base(w, out, *opts):
@@ -116,6 +122,9 @@ BAD = [
     ("train", ["TRAIN.BATCH_SIZE", "10", "NUM_GPUS", "4"], "TRAIN.BATCH_SIZE 10 is not divisible by NUM_GPUS 4"),
     ("train", ["DATA.PATH_TO_DATA_DIR", "/nonexistent/data"], "does not exist"),
     ("train", ["DATA.PATH_TO_DATA_DIR", "{empty}"], "/train/b' holds no images"),
+    ("train", ["DATA.PATH_TO_DATA_DIR", "{broken_train}"], "none of the 16 images of"),
+    ("train", ["DATA.PATH_TO_DATA_DIR", "{broken_val}"], "/val' can be read (the first: "),
+    ("test", ["DATA.PATH_TO_DATA_DIR", "{broken_val}", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "none of the 8 images"),
     ("train", ["MIXUP.ENABLE", "True"], "set MODEL.LOSS_FUNC soft_cross_entropy"),
     ("train", ["NUM_GPUS"], "KEY VALUE pairs"),
     ("train", ["--frobnicate"], "--frobnicate"),
@@ -450,6 +459,24 @@ def test_checkpoints_respect_the_umask(world, tmp_path):
 
 
 # ---------------------------------------------------------------- data
+def test_a_pass_over_no_usable_image_is_an_error_not_a_result(world):
+    from spin.data import build_loader
+    from spin.data.transforms import build_eval_transform
+    from spin.engine.engine import evaluate, train_one_epoch
+    from spin.models import build_model
+
+    cfg = load_config([TINY])
+    model = build_model(cfg)
+    for split, run in (("val", lambda loader: evaluate(model, loader, torch.device("cpu"))),
+                       ("train", lambda loader: train_one_epoch(
+                           model, loader, torch.optim.SGD(model.parameters(), 0.1), torch.nn.CrossEntropyLoss(),
+                           torch.device("cpu"), 0, 1, lr_at=lambda e: 0.1, log_period=0))):
+        ds = ImageFolder(world[f"broken_{split}"], split, build_eval_transform(cfg))  # past the up-front check
+        with pytest.warns(UserWarning, match="skipping unreadable image"), \
+                pytest.raises(DataError, match="saw no usable (training )?image"):
+            run(build_loader(cfg, ds, split == "train", 4))
+
+
 def test_symlinks_neither_loop_nor_relabel(tmp_path):
     root = make_image_folder(tmp_path / "d", classes=("a", "b", "c"), n_train=3, n_val=1)
     train_dir = os.path.join(root, "train")
