@@ -413,7 +413,7 @@ def main(argv: Sequence[str] = None) -> int:
     except OSError as e:  # the paths are checked before the work; this is what no check foresaw
         if e.errno is None:
             raise
-        where = f" {e.filename!r}" if e.filename else ""
+        where = f" {e.filename!r}" if e.filename else " a file or folder (the OS did not say which)"
         report(ConfigError(f"cannot use{where}: {e.strerror}; check the path, its permissions and free space"))
         return 2
     return 0

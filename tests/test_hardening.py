@@ -1,6 +1,7 @@
 """Bad input of every kind ends in one ``spin: error:`` line, exit 2, no traceback and no file
 written; the run folder stays one run's and consistent (lock, config history, SIGKILL, divergence);
 the data walk survives symlink loops; tools refuse broken inputs."""
+import errno
 import json
 import os
 import random
@@ -447,6 +448,48 @@ def test_non_finite_checkpoint_is_refused_by_predict_test_and_resume(world, tmp_
     assert "evaluation produced non-finite logits" in capsys.readouterr().err
     assert main(["train", *base(world, tmp_path / "r", "TRAIN.CHECKPOINT_FILE_PATH", bad)]) == 2
     assert "holds non-finite weights (head.fc.bias)" in capsys.readouterr().err
+
+
+ENOSPC = OSError(errno.ENOSPC, "No space left on device")  # as the OS raises it: no file name
+TORCH_WRITER = RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                            "data/0: file write failed")
+
+
+@pytest.mark.parametrize("fault", [ENOSPC, TORCH_WRITER, OSError(errno.EROFS, "Read-only file system"),
+                                   OSError(errno.EACCES, "Permission denied")], ids=["enospc", "torch", "erofs", "eacces"])
+def test_a_refused_write_names_its_file_and_keeps_the_old_one(tmp_path, fault):
+    from spin.engine.runfolder import WriteError, atomic_write
+
+    path = write(tmp_path / "metrics.csv", "old\n")
+
+    def failing(f):
+        f.write(b"half")
+        raise fault
+
+    with pytest.raises(WriteError, match=f"cannot write {path}: .*files written before are intact"):
+        atomic_write(path, failing)
+    assert open(path).read() == "old\n" and os.listdir(tmp_path) == ["metrics.csv"]
+
+
+@pytest.mark.parametrize("fault", [ENOSPC, TORCH_WRITER], ids=["enospc", "torch"])
+def test_disk_full_during_a_checkpoint_is_one_line_and_earlier_checkpoints_stay(world, tmp_path, capsys, monkeypatch,
+                                                                                fault):
+    out = tmp_path / "o"
+    assert main(["train", *base(world, out, "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False")]) == 0
+    first = out / "checkpoints" / "checkpoint_epoch_00001.pyth"
+    before = first.read_bytes()
+    real = torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        real(obj, f, *a, **kw)
+        raise fault
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    capsys.readouterr()
+    assert main(["train", *base(world, out, "SOLVER.MAX_EPOCH", "2", "TEST.ENABLE", "False")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"spin: error: cannot write {out}/checkpoints/checkpoint_epoch_00002.pyth")
+    assert first.read_bytes() == before and sorted(os.listdir(out / "checkpoints")) == [first.name, "metrics.csv"]
 
 
 def test_checkpoints_respect_the_umask(world, tmp_path):
