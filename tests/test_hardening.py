@@ -492,6 +492,30 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_earlier_checkpoints_stay(
     assert first.read_bytes() == before and sorted(os.listdir(out / "checkpoints")) == [first.name, "metrics.csv"]
 
 
+def test_predict_reports_each_bad_image_and_keeps_the_good_results(world, tmp_path, capsys):
+    good = os.path.join(world["data"], "val", "a", "000.png")
+    bad = write(tmp_path / "bad.png", b"not a png")
+    rc = main(["predict", "--checkpoint", world["ck"], good, bad, str(tmp_path / "missing.png"), good])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out.splitlines().count(good) == 2 and len(out.splitlines()) == 2 * 5
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(l.startswith("spin: error: cannot read image") for l in lines), err
+    assert "bad.png" in lines[0] and "missing.png" in lines[1] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_predict_of_an_artifact_at_another_crop_names_its_input_size(world, tmp_path, capsys, fmt):
+    pytest.importorskip("onnxruntime")
+    art = str(tmp_path / f"m.{fmt}")
+    assert main(["export", "--checkpoint", world["ck"], "--format", fmt, "--out", art]) == 0
+    img = os.path.join(world["data"], "val", "a", "000.png")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", art, img, "--opts", "DATA.TEST_CROP_SIZE", "48"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"{art} takes 32x32 images" in err[0] and "DATA.TEST_CROP_SIZE 48" in err[0], err
+    assert main(["predict", "--checkpoint", art, img]) == 0
+
+
 def test_checkpoints_respect_the_umask(world, tmp_path):
     old = os.umask(0o022)
     try:
