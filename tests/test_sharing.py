@@ -179,3 +179,27 @@ def test_integer_lists_accept_numpy_integers_and_plans_reject_floats():
     assert build_plan(4, distribution=[np.int64(1), 3]).group_sizes == (1, 3)
     with pytest.raises(SharingError, match="non-integer set index"):
         SharingPlan((0, 0, 1.0, 1))
+
+
+def test_a_ready_plan_takes_no_plan_keywords_beside_it():
+    import spin
+    from spin.models.registry import create_model
+
+    plan = build_plan(2, share_rate=2)
+    small = dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=16, num_classes=3)
+    model = create_model("deit_tiny_patch16_224", **small)
+    for kwargs, needle in ((dict(share_rate=2), "share_rate"), (dict(mapping=[0, 0]), "mapping"),
+                           (dict(num_sets=1, seed=3), "num_sets, seed"), (dict(distribution="front"), "distribution")):
+        with pytest.raises(SharingError, match=f"plan= is given together with {needle}"):
+            spin.share(model, plan=plan, **kwargs)
+        with pytest.raises(SharingError, match=f"plan= is given together with {needle}"):
+            create_model("deit_tiny_patch16_224", plan=plan, **kwargs, **small)
+    with pytest.raises(SharingError, match="together with scope"):  # the plan has its own scope
+        spin.share(model, plan=build_plan(2, share_rate=2, scope="mlp"), scope="attn")
+    assert spin.sharing_of(spin.share(model, plan=plan, scope="mlp"))[0].scope == ("mlp",)
+    with pytest.raises(SharingError, match="holds 0.5, not an integer"):
+        spin.share(model, mapping=[0.5, 0])
+    # the ws_ builders' rate 2 is a default that a stated plan replaces
+    ws = create_model("ws_deit_tiny_patch16_224", plan=build_plan(2, mapping=[0, 0]), **small)
+    assert spin.sharing_of(ws)[0].layer_to_set == (0, 0)
+    assert spin.sharing_of(create_model("ws_deit_tiny_patch16_224", num_sets=1, **small))[0].num_sets == 1
