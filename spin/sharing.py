@@ -338,8 +338,12 @@ def refuse_beside_plan(plan: Optional[SharingPlan], **plan_kwargs) -> None:
     if not isinstance(plan, SharingPlan):
         raise SharingError(f"plan must be a spin.SharingPlan (spin.build_plan(...)), got a {type(plan).__name__}")
     scope = plan_kwargs.pop("scope", None)
-    given = [k for k, v in plan_kwargs.items() if k in PLAN_DEFAULTS and v is not None
-             and (not isinstance(v, type(PLAN_DEFAULTS[k])) or v != PLAN_DEFAULTS[k])]
+    def changed(v, default) -> bool:
+        if isinstance(default, str):  # a named distribution / mapping, or an explicit list
+            return not isinstance(v, str) or v.lower() != default
+        return isinstance(v, (str, bool)) or v != default
+
+    given = [k for k, v in plan_kwargs.items() if k in PLAN_DEFAULTS and v is not None and changed(v, PLAN_DEFAULTS[k])]
     if scope is not None and plan.scope and parse_scope(scope) != plan.scope:
         given.append("scope")
     if given:
