@@ -261,7 +261,8 @@ def yaml_snippet(layer_map: Sequence[int], section: str) -> str:
     indent = "  " * section.count(".")
     head = "".join(f"{'  ' * k}{part}:\n" for k, part in enumerate(section.split(".")))
     return (head + f"{indent}  ENABLE: True\n{indent}  SHARING_MAPPING: custom\n"
-            f"{indent}  LAYER_MAP: [{', '.join(map(str, layer_map))}]\n")
+            f"{indent}  LAYER_MAP: [{', '.join(map(str, layer_map))}]\n"
+            f"{indent}  SHARE_RATE: 1  # the map fixes the sets (a rate beside it is refused)\n")
 
 
 # ------------------------------------------------------------------------------ pictures

@@ -174,11 +174,16 @@ def predict_main(argv: Sequence[str]):
     args = p.parse_args(argv)
     if args.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {args.topk}")
-    results = predict(args.checkpoint, args.images, args.opts, args.topk)
+    failed: list = []
+    results = predict(args.checkpoint, args.images, args.opts, args.topk, failures=failed)
     for path, top in results:
         print(path)
         for rank, (name, prob) in enumerate(top, 1):
             print(f"  {rank}. {name:<20s} {100 * prob:6.2f}%")
+    if failed:  # the good images' results are out; the exit status still says some failed
+        from .data import DataError
+
+        raise DataError("\n".join(why for _, why in failed))
     return results
 
 
@@ -423,7 +428,7 @@ def main(argv: Sequence[str] = None) -> int:
     except OSError as e:  # the paths are checked before the work; this is what no check foresaw
         if e.errno is None:
             raise
-        where = f" {e.filename!r}" if e.filename else ""
+        where = f" {e.filename!r}" if e.filename else " a file or folder (the OS did not say which)"
         report(ConfigError(f"cannot use{where}: {e.strerror}; check the path, its permissions and free space"))
         return 2
     return 0

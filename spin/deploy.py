@@ -208,14 +208,25 @@ def export_checkpoint(checkpoint: str, fmt: str, out: str = "", cfg=None, opts=(
             "max_abs_diff": diff, "logit_scale": scale, "batches": [1, 5] if dynamic_batch else [1]}
 
 
+def _static_hw(shape) -> "tuple[int, int] | None":
+    """(H, W) of an NCHW input shape when both are fixed numbers, else None."""
+    try:
+        h, w = (int(d) for d in list(shape)[-2:])
+    except (TypeError, ValueError):  # symbolic (dynamic) sizes
+        return None
+    return h, w
+
+
 def load_artifact(path: str):
-    """(logits function, config YAML, class names) of an exported .onnx / .pt2 file."""
+    """(logits function, config YAML, class names, fixed (H, W) input size or None) of an
+    exported .onnx / .pt2 file."""
     if not os.path.isfile(path):
         raise DeployError(f"artifact {path!r} does not exist")
     try:
         if path.lower().endswith(".onnx"):
             meta, session = onnx_metadata(path), onnx_session(path)
-            return (lambda x: run_onnx(session, x)), meta.get("spin_cfg"), json.loads(meta.get("spin_classes", "[]"))
+            return ((lambda x: run_onnx(session, x)), meta.get("spin_cfg"), json.loads(meta.get("spin_classes", "[]")),
+                    _static_hw(session.get_inputs()[0].shape))
         if not zipfile.is_zipfile(path):  # torch.export.load would log a traceback before raising
             raise DeployError(f"{path!r} is not a .pt2 archive (not a zip file); export it again with spin export")
         files = {"spin_cfg.yaml": "", "spin_classes.json": ""}
@@ -223,10 +234,14 @@ def load_artifact(path: str):
         level = logger.level
         logger.setLevel(logging.ERROR)  # its warning (with a traceback) repeats the error we raise
         try:
-            module = torch.export.load(path, extra_files=files).module()
+            program = torch.export.load(path, extra_files=files)
         finally:
             logger.setLevel(level)
-        return module, files["spin_cfg.yaml"] or None, json.loads(files["spin_classes.json"] or "[]")
+        user = set(program.graph_signature.user_inputs)
+        shapes = [n.meta["val"].shape for n in program.graph.nodes
+                  if n.op == "placeholder" and n.name in user and hasattr(n.meta.get("val"), "shape")]
+        return (program.module(), files["spin_cfg.yaml"] or None, json.loads(files["spin_classes.json"] or "[]"),
+                _static_hw(shapes[0]) if shapes else None)
     except DeployError:
         raise
     except Exception as e:  # noqa: BLE001  (a corrupt or foreign file)

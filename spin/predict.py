@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
-from PIL import Image
 
 from .data import DataError, build_eval_transform, check_splits
 from .data.embedded import SOURCES, prepare_embedded
@@ -34,8 +33,16 @@ def _runner(checkpoint: str, opts: Sequence[str]):
     if checkpoint.lower().endswith((".onnx", ".pt2")):
         from .deploy import load_artifact
 
-        run, text, classes = load_artifact(checkpoint)
+        from .deploy import DeployError
+
+        run, text, classes, size = load_artifact(checkpoint)
         cfg = cu.cfg_from_checkpoint(checkpoint, opts, ck={"cfg": text})
+        crop = cfg.DATA.TEST_CROP_SIZE
+        if size is not None and size != (crop, crop):  # an exported graph runs at its export size only
+            raise DeployError(
+                f"{checkpoint} takes {size[0]}x{size[1]} images (fixed when it was exported), but DATA.TEST_CROP_SIZE "
+                f"{crop} would feed it {crop}x{crop}; drop the override, or export again at that size "
+                f"(spin export --checkpoint CK ... DATA.TEST_CROP_SIZE {crop})")
         return run, cfg, classes or class_names({}, cfg)
     model, cfg, ck = cu.build_model_from_checkpoint(checkpoint, opts)
     model.eval()
@@ -43,16 +50,23 @@ def _runner(checkpoint: str, opts: Sequence[str]):
 
 
 @torch.no_grad()
-def predict(checkpoint: str, images: Sequence[str], opts: Sequence[str] = (), topk: int = 5):
-    """Returns [(image, [(class name, probability), ...]), ...]."""
+def predict(checkpoint: str, images: Sequence[str], opts: Sequence[str] = (), topk: int = 5,
+            failures: Optional[list] = None):
+    """Returns [(image, [(class name, probability), ...]), ...]. An image that cannot be read
+    raises DataError, or, with a ``failures`` list, is appended there as (image, why) and the
+    others are still predicted."""
     model, cfg, names = _runner(checkpoint, opts)
     transform = build_eval_transform(cfg)
     out = []
     for path in images:
         try:
             x = transform(load_rgb(path))[None]
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read image {path!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001  (a missing, truncated or foreign file: the user's input)
+            why = f"cannot read image {path!r}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+            if failures is None:
+                raise DataError(why) from None
+            failures.append((path, why))
+            continue
         logits = model(x)
         if not bool(torch.isfinite(logits).all()):
             raise cu.CheckpointError(

@@ -77,6 +77,10 @@ class SharingPlan:
         m = self.layer_to_set
         if not m:
             raise SharingError("a sharing plan needs depth >= 1, got an empty layer map")
+        if not all(_is_int(g) for g in m):
+            raise SharingError(f"layer map {list(m)} holds a non-integer set index; sets are the integers 0..N-1")
+        object.__setattr__(self, "layer_to_set", tuple(int(g) for g in m))
+        m = self.layer_to_set
         n = max(m) + 1
         if min(m) < 0:
             raise SharingError(f"layer map {list(m)} has a negative set index; sets are 0..N-1")
@@ -166,7 +170,7 @@ def scope_patterns(scope: Sequence[str], family: Optional[str]) -> tuple[str, ..
 def group_sizes(depth: int, num_sets: int, distribution: Distribution = "uniform") -> list[int]:
     """Sizes of the ``num_sets`` groups for a named or explicit distribution (sum = depth)."""
     if not isinstance(distribution, str):
-        sizes = [int(s) for s in distribution]
+        sizes = _integers(distribution, "explicit group sizes", "GROUP_SIZES")
         if sum(sizes) != depth or any(s < 1 for s in sizes):
             raise SharingError(
                 f"explicit group sizes {sizes} must be >= 1 each and sum to the depth {depth} "
@@ -258,22 +262,37 @@ def build_plan(
     seed: int = 0,
     scope: Union[str, Sequence[str], None] = None,
 ) -> SharingPlan:
-    """Resolve a plan. ``num_sets`` (if > 0) overrides ``share_rate``: N = depth // share_rate.
+    """Resolve a plan: N = ``num_sets`` if > 0, else depth / ``share_rate`` (which must divide the
+    depth, for every distribution); both given must agree.
 
-    An explicit ``mapping`` list fixes the groups by itself; an explicit ``distribution`` list
-    fixes N to its length.
+    An explicit ``mapping`` list fixes the groups by itself, an explicit ``distribution`` list N
+    (its length): neither takes ``share_rate`` / ``num_sets`` beside it. List entries must be ints.
     """
     for name, value in (("depth", depth), ("share_rate", share_rate), ("num_sets", num_sets), ("seed", seed)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool):  # numpy integers are fine
+        if not _is_int(value):
             raise SharingError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if depth < 1:
         raise SharingError(f"depth must be >= 1, got {depth}")
+    explicit = [what for what, given in (("mapping", not isinstance(mapping, str)),
+                                         ("distribution", not isinstance(distribution, str))) if given]
+    # An explicit list fixes N by itself: a rate or a set count beside it would be ignored (or
+    # silently disagree), so say which one counts instead of picking.
+    rate_given = [f"{k} {v}" for k, v, default in (("share_rate (SHARE_RATE)", share_rate, 1),
+                                                   ("num_sets (NUM_SETS)", num_sets, 0)) if v != default]
+    if explicit and rate_given:
+        raise SharingError(
+            f"an explicit {' and '.join(explicit)} list fixes the sets by itself, but {' and '.join(rate_given)} "
+            f"is also given; give only the list (drop SHARE_RATE / NUM_SETS, or the list)")
     if not isinstance(mapping, str):
-        m = [int(g) for g in mapping]
+        m = _integers(mapping, "explicit layer map", "LAYER_MAP")
         if len(m) != depth:
             raise SharingError(
                 f"explicit layer map has {len(m)} entries but the depth is {depth}; "
                 f"give one set index per layer")
+        if isinstance(distribution, str) and distribution.lower() != "uniform":
+            raise SharingError(
+                f"an explicit layer map fixes the group sizes by itself, but distribution "
+                f"(SHARING_DISTRIBUTION) {distribution!r} is also given; drop the distribution")
         plan = SharingPlan(tuple(m), parse_scope(scope))
         if not isinstance(distribution, str) and list(distribution) != list(plan.group_sizes):
             raise SharingError(
@@ -281,16 +300,71 @@ def build_plan(
                 f"{m} (its sizes are {list(plan.group_sizes)}); give only one of them")
         return plan
     if isinstance(distribution, str):
+        if num_sets > 0 and share_rate != 1 and num_sets * share_rate != depth:
+            raise SharingError(
+                f"num_sets (NUM_SETS) {num_sets} and share_rate (SHARE_RATE) {share_rate} disagree for the "
+                f"depth {depth} ({depth} / {share_rate} is not {num_sets} sets); give only one of them")
         if num_sets <= 0:
             if share_rate < 1:
                 raise SharingError(f"share rate must be >= 1, got {share_rate}")
             if share_rate > depth:
                 raise SharingError(f"share rate {share_rate} exceeds the depth {depth}")
-            if distribution.lower() == "uniform" and depth % share_rate:
+            # Every distribution refuses a rate that does not divide the depth: N = depth // rate
+            # would quietly give another rate. NUM_SETS states N exactly for the others.
+            if depth % share_rate:
+                name = distribution.lower()
+                hint = (f"or a non-uniform distribution (front, back, middle) with num_sets (NUM_SETS) "
+                        f"{depth // share_rate} or {-(-depth // share_rate)}, or explicit GROUP_SIZES"
+                        if name == "uniform" else
+                        f"or give num_sets (NUM_SETS) {depth // share_rate} (rate {depth / (depth // share_rate):.3g}) "
+                        f"for the {name} plan with that many sets")
                 raise SharingError(
-                    f"uniform distribution needs the depth {depth} divisible by the share rate "
-                    f"{share_rate}; pick a rate that divides {depth}, or a non-uniform "
-                    f"distribution (front, back, middle) or explicit GROUP_SIZES")
+                    f"{name} distribution needs the depth {depth} divisible by the share rate "
+                    f"{share_rate}; pick a rate that divides {depth}, {hint}")
             num_sets = depth // share_rate
     sizes = group_sizes(depth, num_sets, distribution)
     return SharingPlan(tuple(layer_map(sizes, mapping, seed)), parse_scope(scope))
+
+
+PLAN_DEFAULTS = {"share_rate": 1, "num_sets": 0, "distribution": "uniform", "mapping": "sequential", "seed": 0}
+
+
+def refuse_beside_plan(plan: Optional[SharingPlan], **plan_kwargs) -> None:
+    """A ready ``plan=`` is the whole plan: plan keywords given beside it (other than their
+    defaults) would be ignored, so they are an error. ``scope`` may name the scope of a plan
+    that has none, and may repeat the plan's own."""
+    if plan is None:
+        return
+    if not isinstance(plan, SharingPlan):
+        raise SharingError(f"plan must be a spin.SharingPlan (spin.build_plan(...)), got a {type(plan).__name__}")
+    scope = plan_kwargs.pop("scope", None)
+    def changed(v, default) -> bool:
+        if isinstance(default, str):  # a named distribution / mapping, or an explicit list
+            return not isinstance(v, str) or v.lower() != default
+        return isinstance(v, (str, bool)) or v != default
+
+    given = [k for k, v in plan_kwargs.items() if k in PLAN_DEFAULTS and v is not None and changed(v, PLAN_DEFAULTS[k])]
+    if scope is not None and plan.scope and parse_scope(scope) != plan.scope:
+        given.append("scope")
+    if given:
+        raise SharingError(f"plan= is given together with {', '.join(given)}: a ready plan fixes the sets, the "
+                           f"mapping and its scope; give either plan= or the plan keywords (spin.build_plan "
+                           f"takes them)")
+
+
+def _is_int(value) -> bool:
+    """A Python or numpy integer; bools and floats (also 2.0) are not set indices or counts."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _integers(values, what: str, key: str) -> list[int]:
+    """``values`` as a list of ints; a float (even 1.0), a bool or text is refused rather than
+    truncated, so the plan is exactly the one written down."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise SharingError(f"{what} must be a list of integers, got {values!r}")
+    values = list(values)
+    bad = [v for v in values if not _is_int(v)]
+    if bad:
+        raise SharingError(f"{what} {values} holds {bad[0]!r}, not an integer; {key} takes whole numbers "
+                           f"written without a decimal point (1, not 1.0)")
+    return [int(v) for v in values]

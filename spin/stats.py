@@ -54,7 +54,8 @@ def describe(cfg, name: str = "") -> dict:
     unique = unique_parameters(model)
     shared = plan is not None and plan.is_shared
     dist = str(ws.SHARING_DISTRIBUTION)
-    dist = f"custom {list(plan.group_sizes)}" if dist.lower() == "custom" and plan else dist
+    if plan and dist.lower() != "uniform":  # the sizes a named ramp gives are not obvious from its name
+        dist = f"{dist} {list(plan.group_sizes)}"
     mapping = str(ws.SHARING_MAPPING) + (f" (seed {ws.SEED})" if str(ws.SHARING_MAPPING) == "random" else "")
     scope = "+".join(plan.scope) if plan and plan.scope else DEFAULT_SCOPES[family(cfg)]
     col, arch = arch_string(cfg)

@@ -49,7 +49,7 @@ import torch.nn as nn
 
 from .fusion import (coefficient_shape, fit_relax, fuse_group, parse_fusion, parse_relax, relax_apply, relax_init,
                      relax_shapes)
-from .sharing import SharingError, SharingPlan, build_plan, parse_scope, scope_patterns
+from .sharing import SharingError, SharingPlan, build_plan, parse_scope, refuse_beside_plan, scope_patterns
 
 # Model class -> family (its scope vocabulary in spin.sharing.SCOPES); filled by spin.models.
 _FAMILIES: dict[type, str] = {}
@@ -381,6 +381,8 @@ def share(
             raise SharingError(f"{name} must be True or False, got {value!r}")
     if not isinstance(relax_rank, numbers.Integral) or isinstance(relax_rank, bool):
         raise SharingError(f"relax_rank must be an integer, got {relax_rank!r}")
+    refuse_beside_plan(plan, share_rate=share_rate, num_sets=num_sets, distribution=distribution, mapping=mapping,
+                       seed=seed, scope=scope)
     fusion, relax = parse_fusion(fusion), parse_relax(relax, relax_rank)
     if relax_rank and relax != "lora":
         raise SharingError(f"relax_rank {relax_rank} is read only by relax='lora'; add it, or drop relax_rank")

@@ -1,6 +1,7 @@
 """Bad input of every kind ends in one ``spin: error:`` line, exit 2, no traceback and no file
 written; the run folder stays one run's and consistent (lock, config history, SIGKILL, divergence);
 the data walk survives symlink loops; tools refuse broken inputs."""
+import errno
 import json
 import os
 import random
@@ -17,7 +18,7 @@ from PIL import Image
 from conftest import make_image_folder
 from spin.cli import main
 from spin.config import load_config
-from spin.data.folder import ImageFolder, load_rgb
+from spin.data.folder import DataError, ImageFolder, load_rgb
 from spin.engine import checkpoint as cu
 from spin.engine.engine import NonFiniteLossError
 from spin.engine.optim import get_lr_at_epoch
@@ -26,6 +27,12 @@ from spin.engine.trainer import SoftTargetLoss, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tests", "tiny-ws.yaml")
 DEIT_DIGITS = os.path.join(ROOT, "configs", "digits", "WS-DeiT-digits.yaml")
+# Commands of the BAD table run on another family's small config: alias -> (command, config).
+FAMILY_CMDS = {"train_deit": ("train", DEIT_DIGITS),
+               "train_cnx": ("train", os.path.join(ROOT, "configs", "digits", "WS-ConvNeXt-iso-digits.yaml")),
+               "train_mix": ("train", os.path.join(ROOT, "configs", "digits", "WS-Mixer-digits.yaml")),
+               "stats_deit": ("stats", DEIT_DIGITS)}
+WS = "CONVMIXER.WEIGHT_SHARE."
 
 
 def snapshot(root):
@@ -53,15 +60,22 @@ def world(tmp_path_factory):
     for split in ("train", "val"):
         for f in os.listdir(os.path.join(empty, split, "b")):
             os.remove(os.path.join(empty, split, "b", f))
+    broken = {}
+    for split in ("train", "val"):  # every image of one split is unreadable
+        broken[split] = make_image_folder(tmp / f"broken_{split}", n_train=4, n_val=2)
+        for dirpath, _, names in os.walk(os.path.join(broken[split], split)):
+            for name in names:
+                write(os.path.join(dirpath, name), b"not a png")
     ck = train(load_config([TINY], ["DATA.PATH_TO_DATA_DIR", data, "OUTPUT_DIR", str(tmp / "run"),
                                     "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False"]))["checkpoint"]
     files = {
         "syntax.yaml": "TRAIN:\n  ENABLE: [True\n", "list.yaml": "- TRAIN\n- SOLVER\n", "scalar.yaml": "42\n",
         "section.yaml": "TRAIN: 5\n", "binary.yaml": bytes(range(256)) * 4, "a_file": "not a folder\n",
         "junk.pt2": "junk\n", "null.yaml": "SOLVER:\n  MAX_EPOCH: null\n", "trials_list.yaml": "groups: {g: {trials: [{name: a, opts: []}]}}\n",
+        "grid_list.yaml": f"base: {TINY}\ngroups: {{g: {{grid: [CONVMIXER.KERNEL, 3]}}}}\n",
     }
     paths = {k: write(tmp / k, v) for k, v in files.items()}
-    return dict(data=data, empty=empty, ck=ck, tmp=tmp, run=str(tmp / "run"), **paths)
+    return dict(data=data, empty=empty, broken_train=broken["train"], broken_val=broken["val"], ck=ck, tmp=tmp, run=str(tmp / "run"), **paths)
 
 
 def base(w, out, *opts):
@@ -109,6 +123,9 @@ BAD = [
     ("train", ["TRAIN.BATCH_SIZE", "10", "NUM_GPUS", "4"], "TRAIN.BATCH_SIZE 10 is not divisible by NUM_GPUS 4"),
     ("train", ["DATA.PATH_TO_DATA_DIR", "/nonexistent/data"], "does not exist"),
     ("train", ["DATA.PATH_TO_DATA_DIR", "{empty}"], "/train/b' holds no images"),
+    ("train", ["DATA.PATH_TO_DATA_DIR", "{broken_train}"], "none of the 16 images of"),
+    ("train", ["DATA.PATH_TO_DATA_DIR", "{broken_val}"], "/val' can be read (the first: "),
+    ("test", ["DATA.PATH_TO_DATA_DIR", "{broken_val}", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "none of the 8 images"),
     ("train", ["MIXUP.ENABLE", "True"], "set MODEL.LOSS_FUNC soft_cross_entropy"),
     ("train", ["NUM_GPUS"], "KEY VALUE pairs"),
     ("train", ["--frobnicate"], "--frobnicate"),
@@ -140,6 +157,33 @@ BAD = [
      "RELAX lora needs a rank"),
     ("test", ["CONVMIXER.CHANNEL", "16", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "shape mismatches ("),
     ("test", ["OUTPUT_DIR", "{a_file}", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "is a file, not a folder"),
+    # keys of a section the family does not read (defaults are fine: published YAMLs carry them)
+    ("train", ["VIT.DEPTH", "4"], "VIT.DEPTH set, but MODEL.MODEL_NAME WSConvMixer does not read VIT.*"),
+    ("stats", ["MIXER.MLP_RATIO", "[1.0, 2.0]"], "read by MODEL.MODEL_NAME MlpMixer"),
+    ("train_deit", ["CONVNEXT.KERNEL", "5"], "CONVNEXT.KERNEL set, but MODEL.MODEL_NAME DeiT does not read"),
+    # architectures that cannot be built or run: refused before anything is written
+    ("train", ["CONVMIXER.KERNEL", "4"], "CONVMIXER.KERNEL must be an odd number >= 1"),
+    ("train", ["CONVMIXER.KERNEL", "0"], "CONVMIXER.KERNEL must be an odd number >= 1"),
+    ("stats", ["CONVMIXER.KERNEL", "4"], "CONVMIXER.KERNEL must be an odd number >= 1"),
+    ("train", ["CONVMIXER.PATCH_KERNEL", "64", "CONVMIXER.PATCH_STRIDE", "64"], "PATCH_KERNEL 64 is larger than the crop 32"),
+    ("test", ["CONVMIXER.KERNEL", "6", "TEST.CHECKPOINT_FILE_PATH", "{ck}"], "CONVMIXER.KERNEL must be an odd"),
+    ("train_cnx", ["CONVNEXT.KERNEL", "4"], "CONVNEXT.KERNEL must be an odd number >= 1"),
+    ("train_cnx", ["CONVNEXT.PATCH_SIZE", "64"], "CONVNEXT.PATCH_SIZE must be in 1..the crop 32"),
+    ("train_deit", ["VIT.CLASS_TOKEN", "False"], "VIT.CLASS_TOKEN False leaves no class token"),
+    ("train_deit", ["VIT.GLOBAL_POOL", "foo"], "cannot be built or run with VIT.GLOBAL_POOL 'foo'"),
+    ("stats_deit", ["VIT.GLOBAL_POOL", "foo"], "VIT.GLOBAL_POOL 'foo' (AssertionError"),
+    ("train_mix", ["MIXER.MLP_RATIO", "[0.5, 4.0, 2.0]"], "MIXER.MLP_RATIO must be [token, channel]"),
+    # integer lists take ints; plan keys that contradict each other are refused, not resolved
+    ("train", [WS + "SHARE_RATE", "1", WS + "SHARING_MAPPING", "custom", WS + "LAYER_MAP", "[0, 0, 1, 3.5]"],
+     "holds 3.5, not an integer"),
+    ("train", [WS + "SHARE_RATE", "1", WS + "SHARING_MAPPING", "custom", WS + "LAYER_MAP", "[0, 0, 1, 1.0]"],
+     "holds 1.0, not an integer"),
+    ("train", [WS + "SHARE_RATE", "1", WS + "SHARING_DISTRIBUTION", "custom", WS + "GROUP_SIZES", "[2.5, 1.5]"],
+     "explicit group sizes [2.5, 1.5] holds 2.5"),
+    ("train", [WS + "SHARING_MAPPING", "custom", WS + "LAYER_MAP", "[0, 0, 1, 1]"],
+     "explicit mapping list fixes the sets by itself, but share_rate (SHARE_RATE) 2"),
+    ("train", [WS + "NUM_SETS", "3"], "NUM_SETS) 3 and share_rate (SHARE_RATE) 2 disagree"),
+    ("train", [WS + "SHARE_RATE", "3", WS + "SHARING_DISTRIBUTION", "front"], "front distribution needs the depth 4 divisible"),
 ]
 # Commands with their whole argument list ({out}: a path under the test's own folder).
 RAW = [
@@ -175,6 +219,14 @@ RAW = [
     (["sweep", "--cfg", TINY, "--grid", "SOLVER.MAX_EPOCH", "1", "--out", "{out}", "--slurm-partition", "gpu"],
      "add --executor slurm"),
     (["sweep", "--sweep", "{trials_list.yaml}", "--out", "{out}", "--dry-run"], "not a list"),
+    (["sweep", "--sweep", "{grid_list.yaml}", "--out", "{out}", "--dry-run"], "'grid:' maps each config key"),
+    (["sweep", "--cfg", TINY, "--grid", "VIT.DEPTH", "4,6", "--out", "{out}"],
+     "trials grid/DEPTH=4-s0, grid/DEPTH=6-s0: VIT.DEPTH set, but MODEL.MODEL_NAME WSConvMixer does not read"),
+    (["sweep", "--cfg", TINY, "--grid", "CONVMIXER.KERNEL", "3,4", "--out", "{out}"],
+     "trial grid/KERNEL=4-s0: CONVMIXER.KERNEL must be an odd number"),
+    (["export", "--checkpoint", "{ck}", "--format", "pt2", "--out", "{out}/x.pt2", "CONVMIXER.KERNEL", "4"],
+     "CONVMIXER.KERNEL must be an odd number"),
+    (["analyze", "--checkpoint", "{ck}", "--out", "{out}/an", "VIT.DEPTH", "4"], "VIT.DEPTH set, but"),
 ]
 
 
@@ -185,8 +237,9 @@ def test_bad_input_is_one_error_line_and_writes_nothing(world, tmp_path, capsys,
     args = extra if command in ("bench", "predict", "nosuchcommand") else base(world, tmp_path / "out", *extra)
     if command == "stats":
         args = ["--cfg", TINY, *extra]
-    if command == "train_deit":
-        command, args = "train", ["--cfg", DEIT_DIGITS, "OUTPUT_DIR", str(tmp_path / "out"), *extra]
+    if command in FAMILY_CMDS:
+        command, cfg = FAMILY_CMDS[command]
+        args = ["--cfg", cfg, *extra] + (["OUTPUT_DIR", str(tmp_path / "out")] if command == "train" else [])
     before, before_world = snapshot(tmp_path), snapshot(world["tmp"])
     rc = main([command, *args])
     err = capsys.readouterr().err
@@ -397,6 +450,72 @@ def test_non_finite_checkpoint_is_refused_by_predict_test_and_resume(world, tmp_
     assert "holds non-finite weights (head.fc.bias)" in capsys.readouterr().err
 
 
+ENOSPC = OSError(errno.ENOSPC, "No space left on device")  # as the OS raises it: no file name
+TORCH_WRITER = RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                            "data/0: file write failed")
+
+
+@pytest.mark.parametrize("fault", [ENOSPC, TORCH_WRITER, OSError(errno.EROFS, "Read-only file system"),
+                                   OSError(errno.EACCES, "Permission denied")], ids=["enospc", "torch", "erofs", "eacces"])
+def test_a_refused_write_names_its_file_and_keeps_the_old_one(tmp_path, fault):
+    from spin.engine.runfolder import WriteError, atomic_write
+
+    path = write(tmp_path / "metrics.csv", "old\n")
+
+    def failing(f):
+        f.write(b"half")
+        raise fault
+
+    with pytest.raises(WriteError, match=f"cannot write {path}: .*files written before are intact"):
+        atomic_write(path, failing)
+    assert open(path).read() == "old\n" and os.listdir(tmp_path) == ["metrics.csv"]
+
+
+@pytest.mark.parametrize("fault", [ENOSPC, TORCH_WRITER], ids=["enospc", "torch"])
+def test_disk_full_during_a_checkpoint_is_one_line_and_earlier_checkpoints_stay(world, tmp_path, capsys, monkeypatch,
+                                                                                fault):
+    out = tmp_path / "o"
+    assert main(["train", *base(world, out, "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False")]) == 0
+    first = out / "checkpoints" / "checkpoint_epoch_00001.pyth"
+    before = first.read_bytes()
+    real = torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        real(obj, f, *a, **kw)
+        raise fault
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    capsys.readouterr()
+    assert main(["train", *base(world, out, "SOLVER.MAX_EPOCH", "2", "TEST.ENABLE", "False")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"spin: error: cannot write {out}/checkpoints/checkpoint_epoch_00002.pyth")
+    assert first.read_bytes() == before and sorted(os.listdir(out / "checkpoints")) == [first.name, "metrics.csv"]
+
+
+def test_predict_reports_each_bad_image_and_keeps_the_good_results(world, tmp_path, capsys):
+    good = os.path.join(world["data"], "val", "a", "000.png")
+    bad = write(tmp_path / "bad.png", b"not a png")
+    rc = main(["predict", "--checkpoint", world["ck"], good, bad, str(tmp_path / "missing.png"), good])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out.splitlines().count(good) == 2 and len(out.splitlines()) == 2 * 5
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(l.startswith("spin: error: cannot read image") for l in lines), err
+    assert "bad.png" in lines[0] and "missing.png" in lines[1] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_predict_of_an_artifact_at_another_crop_names_its_input_size(world, tmp_path, capsys, fmt):
+    pytest.importorskip("onnxruntime")
+    art = str(tmp_path / f"m.{fmt}")
+    assert main(["export", "--checkpoint", world["ck"], "--format", fmt, "--out", art]) == 0
+    img = os.path.join(world["data"], "val", "a", "000.png")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", art, img, "--opts", "DATA.TEST_CROP_SIZE", "48"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"{art} takes 32x32 images" in err[0] and "DATA.TEST_CROP_SIZE 48" in err[0], err
+    assert main(["predict", "--checkpoint", art, img]) == 0
+
+
 def test_checkpoints_respect_the_umask(world, tmp_path):
     old = os.umask(0o022)
     try:
@@ -407,6 +526,24 @@ def test_checkpoints_respect_the_umask(world, tmp_path):
 
 
 # ---------------------------------------------------------------- data
+def test_a_pass_over_no_usable_image_is_an_error_not_a_result(world):
+    from spin.data import build_loader
+    from spin.data.transforms import build_eval_transform
+    from spin.engine.engine import evaluate, train_one_epoch
+    from spin.models import build_model
+
+    cfg = load_config([TINY])
+    model = build_model(cfg)
+    for split, run in (("val", lambda loader: evaluate(model, loader, torch.device("cpu"))),
+                       ("train", lambda loader: train_one_epoch(
+                           model, loader, torch.optim.SGD(model.parameters(), 0.1), torch.nn.CrossEntropyLoss(),
+                           torch.device("cpu"), 0, 1, lr_at=lambda e: 0.1, log_period=0))):
+        ds = ImageFolder(world[f"broken_{split}"], split, build_eval_transform(cfg))  # past the up-front check
+        with pytest.warns(UserWarning, match="skipping unreadable image"), \
+                pytest.raises(DataError, match="saw no usable (training )?image"):
+            run(build_loader(cfg, ds, split == "train", 4))
+
+
 def test_symlinks_neither_loop_nor_relabel(tmp_path):
     root = make_image_folder(tmp_path / "d", classes=("a", "b", "c"), n_train=3, n_val=1)
     train_dir = os.path.join(root, "train")

@@ -115,9 +115,12 @@ def test_explicit_map_and_groups():
     assert not SharingPlan.unshared(4).is_shared
 
 
-def test_num_sets_overrides_rate():
-    assert build_plan(12, share_rate=2, num_sets=3).group_sizes == (4, 4, 4)
+def test_num_sets_states_n_and_must_agree_with_a_rate():
+    assert build_plan(12, num_sets=3).group_sizes == (4, 4, 4)
+    assert build_plan(12, share_rate=4, num_sets=3).group_sizes == (4, 4, 4)  # the same N: no conflict
     assert build_plan(10, num_sets=4, distribution="front").group_sizes == tuple(group_sizes(10, 4, "front"))
+    with pytest.raises(SharingError, match="NUM_SETS.*3 and share_rate.*2 disagree"):
+        build_plan(12, share_rate=2, num_sets=3)
 
 
 def test_scope():
@@ -146,9 +149,57 @@ def test_scope():
     (dict(depth=4, share_rate=2, scope="bias"), ["'bias'", "pointwise, depthwise, norm"]),
     (dict(depth=0), ["depth must be >= 1"]),
     (dict(depth=4, distribution=[1, 3], mapping=[0, 0, 1, 1]), ["disagree"]),
+    # non-dividing rates are refused for every distribution (N = D // rate would be another rate)
+    (dict(depth=10, share_rate=3, distribution="front"), ["front distribution", "divisible", "NUM_SETS) 3"]),
+    (dict(depth=10, share_rate=4, distribution="middle"), ["middle distribution", "NUM_SETS) 2 (rate 5)"]),
+    # integer lists take ints only: no truncation of 3.5, no 1.0, no True
+    (dict(depth=4, mapping=[0, 0, 1, 1.5]), ["holds 1.5, not an integer", "LAYER_MAP"]),
+    (dict(depth=4, mapping=[0.5, 0, 1, 1]), ["holds 0.5"]),
+    (dict(depth=4, mapping=[0, 0, 1, 1.0]), ["holds 1.0", "(1, not 1.0)"]),
+    (dict(depth=4, mapping=[0, 0, True, 1]), ["holds True"]),
+    (dict(depth=4, mapping=5), ["must be a list of integers"]),
+    (dict(depth=8, distribution=[2.5, 2.5, 3]), ["holds 2.5", "GROUP_SIZES"]),
+    (dict(depth=8, distribution=[4.0, 4]), ["holds 4.0"]),
+    # an explicit list fixes N: a rate, a set count or a named distribution beside it is a conflict
+    (dict(depth=4, share_rate=2, mapping=[0, 0, 1, 1]), ["explicit mapping list", "share_rate (SHARE_RATE) 2"]),
+    (dict(depth=4, num_sets=2, mapping=[0, 0, 1, 1]), ["num_sets (NUM_SETS) 2"]),
+    (dict(depth=4, share_rate=2, distribution=[2, 2]), ["explicit distribution list", "give only the list"]),
+    (dict(depth=4, distribution="front", mapping=[0, 0, 1, 1]), ["distribution (SHARING_DISTRIBUTION) 'front'"]),
 ])
 def test_invalid_plans_raise_clear_errors(kwargs, needles):
     with pytest.raises(SharingError) as e:
         build_plan(**kwargs)
     for n in needles:
         assert n in str(e.value), (n, str(e.value))
+
+
+def test_integer_lists_accept_numpy_integers_and_plans_reject_floats():
+    np = pytest.importorskip("numpy")
+    assert build_plan(4, mapping=np.array([0, 0, 1, 1])).group_sizes == (2, 2)
+    assert build_plan(4, distribution=[np.int64(1), 3]).group_sizes == (1, 3)
+    with pytest.raises(SharingError, match="non-integer set index"):
+        SharingPlan((0, 0, 1.0, 1))
+
+
+def test_a_ready_plan_takes_no_plan_keywords_beside_it():
+    import spin
+    from spin.models.registry import create_model
+
+    plan = build_plan(2, share_rate=2)
+    small = dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=16, num_classes=3)
+    model = create_model("deit_tiny_patch16_224", **small)
+    for kwargs, needle in ((dict(share_rate=2), "share_rate"), (dict(mapping=[0, 0]), "mapping"),
+                           (dict(num_sets=1, seed=3), "num_sets, seed"), (dict(distribution="front"), "distribution")):
+        with pytest.raises(SharingError, match=f"plan= is given together with {needle}"):
+            spin.share(model, plan=plan, **kwargs)
+        with pytest.raises(SharingError, match=f"plan= is given together with {needle}"):
+            create_model("deit_tiny_patch16_224", plan=plan, **kwargs, **small)
+    with pytest.raises(SharingError, match="together with scope"):  # the plan has its own scope
+        spin.share(model, plan=build_plan(2, share_rate=2, scope="mlp"), scope="attn")
+    assert spin.sharing_of(spin.share(model, plan=plan, scope="mlp"))[0].scope == ("mlp",)
+    with pytest.raises(SharingError, match="holds 0.5, not an integer"):
+        spin.share(model, mapping=[0.5, 0])
+    # the ws_ builders' rate 2 is a default that a stated plan replaces
+    ws = create_model("ws_deit_tiny_patch16_224", plan=build_plan(2, mapping=[0, 0]), **small)
+    assert spin.sharing_of(ws)[0].layer_to_set == (0, 0)
+    assert spin.sharing_of(create_model("ws_deit_tiny_patch16_224", num_sets=1, **small))[0].num_sets == 1

@@ -80,9 +80,11 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
             parse_scope(ws.SCOPE or None)
         except SharingError as e:
             problems.append(f"{own}.SCOPE: {e}")
+        problems += _foreign_keys(cfg, family, default)
         arch = cfg[FAMILY_SECTIONS[family]]
         depth = arch.DEPTH
         need(depth >= 1, f"{FAMILY_SECTIONS[family]}.DEPTH must be >= 1, got {depth}")
+        problems += _arch_problems(cfg, family)
         if family in ("vit", "mixer"):
             sec = FAMILY_SECTIONS[family]
             need(cfg.DATA.TRAIN_CROP_SIZE == cfg.DATA.TEST_CROP_SIZE,
@@ -103,7 +105,7 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
     need(0 < cfg.MODEL_EMA.DECAY < 1, f"MODEL_EMA.DECAY must be in (0, 1), got {cfg.MODEL_EMA.DECAY}")
     need(cfg.DATA.NUM_FRAMES == 1, f"DATA.NUM_FRAMES must be 1 (spin trains on images), got {cfg.DATA.NUM_FRAMES}")
     need(str(cfg.MODEL.ARCH).lower() == "2d", f"MODEL.ARCH must be 2d (spin trains on images), got {cfg.MODEL.ARCH!r}")
-    need(cfg.DATA.INPUT_CHANNEL_NUM == [3],
+    need(list(cfg.DATA.INPUT_CHANNEL_NUM) == [3] and all(type(c) is int for c in cfg.DATA.INPUT_CHANNEL_NUM),
          f"DATA.INPUT_CHANNEL_NUM must be [3] (images are read as RGB), got {cfg.DATA.INPUT_CHANNEL_NUM}")
 
     # ------------------------------------------------------------------ data
@@ -176,5 +178,72 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
         path = cfg[sec][name]
         need(not (used and path and not os.path.isfile(path)),
              f"{key} {path!r} does not exist; give the path of a .pyth/.pth/.safetensors file")
+    if not problems and family is not None:
+        # Last, once every value is in range: build the model itself (on the meta device, no
+        # memory) and run it at the crop sizes, so what only the model or timm rejects, and shapes
+        # that fail only at the first forward, are config errors before the job writes anything.
+        from ..models.factory import build_problem
+
+        bad = build_problem(cfg)
+        need(bad is None, bad or "")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _foreign_keys(cfg: CfgNode, family: str, default: CfgNode) -> list[str]:
+    """Keys of another family's architecture section that differ from their defaults: the chosen
+    family never reads them, so a run (or a sweep axis) over them would silently change nothing.
+    Defaults are fine: published YAMLs carry whole schemas."""
+    readers = {fam: [n for n, f in MODEL_FAMILIES.items() if f == fam] for fam in FAMILY_SECTIONS}
+    out = []
+    for fam, sec in FAMILY_SECTIONS.items():
+        if fam == family:
+            continue
+        stray = [f"{sec}.{k}" for k in cfg[sec] if k != "WEIGHT_SHARE" and cfg[sec][k] != default[sec][k]]
+        if stray:
+            out.append(f"{', '.join(stray)} set, but MODEL.MODEL_NAME {cfg.MODEL.MODEL_NAME} does not read {sec}.* "
+                       f"(its architecture is {FAMILY_SECTIONS[family]}.*; {sec}.* is read by MODEL.MODEL_NAME "
+                       f"{' / '.join(readers[fam])}); drop {'these keys' if len(stray) > 1 else 'it'} or change "
+                       f"MODEL.MODEL_NAME")
+    return out
+
+
+def _arch_problems(cfg: CfgNode, family: str) -> list[str]:
+    """Architecture values each family's layers cannot take, named with the fix; what this
+    misses, the build check after it still catches."""
+    out: list[str] = []
+    crops = sorted({cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE})
+    if family in ("convmixer", "convnext"):
+        sec = FAMILY_SECTIONS[family]
+        k = cfg[sec].KERNEL
+        pad = "(K-1)/2" if family == "convmixer" else "K//2"
+        if k < 1 or k % 2 == 0:
+            out.append(f"{sec}.KERNEL must be an odd number >= 1 (the depthwise conv pads {pad} on each side to "
+                       f"keep the size, which only an odd K does), got {k}")
+    if family == "convmixer":
+        c = cfg.CONVMIXER
+        for key, low in (("PATCH_KERNEL", 1), ("PATCH_STRIDE", 1), ("PATCH_PADDING", 0)):
+            if c[key] < low:
+                out.append(f"CONVMIXER.{key} must be >= {low}, got {c[key]}")
+        skip = crops[0] < 1 or c.PATCH_KERNEL < 1 or c.PATCH_PADDING < 0  # reported above instead
+        if not skip and c.PATCH_KERNEL > crops[0] + 2 * c.PATCH_PADDING:
+            out.append(f"CONVMIXER.PATCH_KERNEL {c.PATCH_KERNEL} is larger than the crop {crops[0]} (DATA.*_CROP_SIZE, "
+                       f"+ 2 x PATCH_PADDING {c.PATCH_PADDING}): the patch embedding has no output; lower it or "
+                       f"raise the crop")
+    if family == "convnext":
+        p = cfg.CONVNEXT.PATCH_SIZE
+        if p < 1 or p > max(crops[0], 1):
+            out.append(f"CONVNEXT.PATCH_SIZE must be in 1..the crop {crops[0]} (DATA.*_CROP_SIZE), got {p}")
+    if family == "vit":
+        v = cfg.VIT
+        if not v.CLASS_TOKEN and str(v.GLOBAL_POOL) == "token":
+            out.append("VIT.CLASS_TOKEN False leaves no class token for VIT.GLOBAL_POOL token to pool; set "
+                       "VIT.GLOBAL_POOL avg (or CLASS_TOKEN True)")
+        if not v.MLP_RATIO > 0:
+            out.append(f"VIT.MLP_RATIO must be > 0, got {v.MLP_RATIO}")
+    if family == "mixer":
+        r = list(cfg.MIXER.MLP_RATIO)
+        if len(r) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in r):
+            out.append(f"MIXER.MLP_RATIO must be [token, channel]: two expansion ratios > 0, like its default "
+                       f"[0.5, 4.0], got {r}")
+    return out

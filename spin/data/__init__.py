@@ -32,7 +32,9 @@ def build_dataset(cfg, split: str):
     elif name not in ("imagenet", "folder"):
         raise DataError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
     classes = check_splits(root)
-    return ImageFolder(root, split, transform, classes, per_class)
+    ds = ImageFolder(root, split, transform, classes, per_class)
+    ds.check_readable()
+    return ds
 
 
 class ShardSampler(Sampler):

@@ -98,6 +98,7 @@ class ImageFolder(Dataset):
 
     def __init__(self, root: str, split: str, transform=None, classes=None, per_class: int = 0):
         split_dir = os.path.join(root, split)
+        self.root, self.split = root, split
         self.classes = classes or list_classes(split_dir)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         real = {c: os.path.realpath(os.path.join(split_dir, c)) for c in self.classes}
@@ -111,6 +112,21 @@ class ImageFolder(Dataset):
             self.samples += [(f, self.class_to_idx[c]) for f in (files[:per_class] if per_class else files)]
         self.targets = [t for _, t in self.samples]
         self.transform = transform
+
+    def check_readable(self) -> None:
+        """Raise DataError unless some image of the split decodes. Stops at the first that does,
+        so a good data set pays one decode; a split where every file is broken (all skipped, a
+        run on 0 images) is refused before the run writes anything."""
+        first = None
+        for path, _ in self.samples:
+            try:
+                load_rgb(path)
+                return
+            except Exception as e:  # noqa: BLE001  (what __getitem__ would skip)
+                first = first or f"{path}: {type(e).__name__}: {e}"
+        raise DataError(f"none of the {len(self.samples)} images of {os.path.join(self.root, self.split)!r} can be "
+                        f"read (the first: {first}); replace the files or point DATA.PATH_TO_DATA_DIR at readable "
+                        f"images")
 
     def __len__(self):
         return len(self.samples)

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..data.folder import DataError
 from ..errors import SpinError
 from .logging import MetricLogger
 from .optim import set_lr
@@ -90,7 +91,11 @@ def train_one_epoch(
             correct += (outputs.detach().argmax(1) == hard).sum().item()
         logger.update(loss=loss_value, lr=lr, n=images.shape[0])
     stats = logger.summary()
-    if mixup_fn is None and stats["samples"]:
+    if not stats["samples"]:  # every image of the pass was unreadable: nothing was trained
+        raise DataError(
+            f"epoch {epoch + 1} saw no usable training image ({logger.skipped} unreadable, skipped; see the "
+            f"warnings); nothing was trained on or saved. Replace the broken files of the train split")
+    if mixup_fn is None:
         stats["top1_err"] = 100.0 * (1 - correct / stats["samples"])
     return stats
 
@@ -126,6 +131,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, channels_last: bool
         logger.update(n=targets.numel())
     if reduce is not None:
         loss_sum, top1, top5, n, skipped = reduce([loss_sum, top1, top5, n, skipped])
-    n = max(n, 1)
+    if not n:  # counts stay exact: an evaluation of nothing has no error rate to report
+        raise DataError(f"the evaluation saw no usable image ({int(skipped)} unreadable, skipped; see the "
+                        f"warnings); replace the broken files of the val split")
     return {"top1_err": 100.0 * (1 - top1 / n), "top5_err": 100.0 * (1 - top5 / n),
             "loss": loss_sum / n, "samples": int(n), "skipped_images": int(skipped)}

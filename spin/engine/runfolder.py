@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import fcntl
 import glob
 import json
@@ -21,6 +22,7 @@ import time
 from typing import Callable, Optional
 
 from ..errors import SpinError
+from ..paths import OutputError
 
 TEMP_PREFIX = ".tmp_"
 LOCK_NAME = ".spin.lock"
@@ -36,10 +38,40 @@ def _umask() -> int:
     return mask
 
 
+class WriteError(OutputError):
+    """A file could not be written (full disk, read-only or forbidden place); the message names it."""
+
+
+# What a write fails with when the place, not the program, is at fault: reported as one line
+# naming the file. Other errors are bugs and keep their traceback.
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "the operation is not permitted", errno.EFBIG: "the file is too large for the file system"}
+# torch.save's zip writer reports a failed write (a full disk, mostly) as a RuntimeError with no errno.
+_TORCH_WRITER = ("PytorchStreamWriter failed", "inline_container")
+
+
 def atomic_write(path: str, write: Callable) -> None:
     """``write(binary_file)`` into a temp file in the same folder, fsync, then rename: a reader
     (or a run killed mid-write) never sees a half-written file under the final name. The file
-    gets the permissions of a plain ``open`` (the umask), not mkstemp's private 0600."""
+    gets the permissions of a plain ``open`` (the umask), not mkstemp's private 0600. A write the
+    place refuses (full disk, read-only, forbidden) is a WriteError naming ``path``; the temp file
+    is removed and the file ``path`` held before (an earlier checkpoint, say) stays as it was."""
+    try:
+        _atomic_write(path, write)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise WriteError(f"cannot write {path}: {_WRITE_ERRNOS[e.errno]}; free space or choose a writable "
+                         f"place, then rerun (files written before are intact)") from None
+    except RuntimeError as e:
+        if not any(m in str(e) for m in _TORCH_WRITER):
+            raise
+        raise WriteError(f"cannot write {path}: PyTorch's writer failed ({str(e).strip().splitlines()[0][-120:]}), "
+                         f"mostly a full disk; free space, then rerun (files written before are intact)") from None
+
+
+def _atomic_write(path: str, write: Callable) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1], dir=folder)

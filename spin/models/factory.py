@@ -6,7 +6,12 @@ place) and from WEIGHT_SHARE for every other family.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
+
 from ..config import FAMILY_SECTIONS, MODEL_FAMILIES, ConfigError
+from ..errors import SpinError
 from ..fusion import parse_fusion, parse_relax
 from ..sharing import SharingError, SharingPlan, build_plan
 from .convmixer import SpinConvMixer
@@ -63,11 +68,14 @@ def plan_from_cfg(cfg) -> SharingPlan:
         raise SharingError(
             f"{where}.SHARING_MAPPING is {mapping!r} and LAYER_MAP is {list(ws.LAYER_MAP)}: an explicit "
             f"mapping needs both SHARING_MAPPING custom and a non-empty LAYER_MAP list")
-    return build_plan(
-        depth, share_rate=ws.SHARE_RATE, num_sets=ws.NUM_SETS,
-        distribution=list(ws.GROUP_SIZES) if ws.GROUP_SIZES else dist,
-        mapping=list(ws.LAYER_MAP) if ws.LAYER_MAP else mapping,
-        seed=ws.SEED, scope=ws.SCOPE or None)
+    try:
+        return build_plan(
+            depth, share_rate=ws.SHARE_RATE, num_sets=ws.NUM_SETS,
+            distribution=list(ws.GROUP_SIZES) if ws.GROUP_SIZES else dist,
+            mapping=list(ws.LAYER_MAP) if ws.LAYER_MAP else mapping,
+            seed=ws.SEED, scope=ws.SCOPE or None)
+    except SharingError as e:  # build_plan speaks of keywords; say which section they came from
+        raise SharingError(f"{where}: {e}") from None
 
 
 def model_kwargs(cfg) -> dict:
@@ -114,3 +122,70 @@ def build_model(cfg):
     if fam == "convnext":
         return convnext_isotropic(**kwargs)
     return mlp_mixer("mixer_s16_224", **kwargs)
+
+
+_BUILDS_OK: set = set()
+
+
+def _build_fails(cfg) -> Optional[Exception]:
+    """The exception building ``cfg``'s model and running it once at each crop size raises, or
+    None. The meta device allocates nothing and computes nothing, but checks every shape, so
+    this costs milliseconds even for an 87M-parameter model."""
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model = build_model(cfg).eval()
+            for crop in sorted({cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE}):
+                model(torch.zeros(2, cfg.DATA.INPUT_CHANNEL_NUM[0], crop, crop))
+    except SpinError:
+        raise
+    except Exception as e:  # noqa: BLE001  (whatever the layers or timm reject)
+        return e
+    return None
+
+
+def build_problem(cfg) -> Optional[str]:
+    """None if ``cfg``'s model builds and runs at its crop sizes, else one line naming the keys
+    that stop it: each changed key whose default makes the model build is named. Plan errors
+    (SharingError) come out as they are."""
+    from ..config import get_cfg
+
+    # A sweep checks every trial: trials that differ only in what the model does not read
+    # (learning rate, seed, ...) share one build.
+    arch = (cfg.MODEL.dump(), cfg[FAMILY_SECTIONS[family(cfg)]].dump(), plan_section(cfg).dump(),
+            cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE, tuple(cfg.DATA.INPUT_CHANNEL_NUM), cfg.AUG.INTERPOLATION)
+    if arch in _BUILDS_OK:
+        return None
+    err = _build_fails(cfg)
+    if err is None:
+        _BUILDS_OK.add(arch)
+        return None
+
+    default, sec = get_cfg(), FAMILY_SECTIONS[family(cfg)]
+    keys = [f"{sec}.{k}" for k in cfg[sec] if k != "WEIGHT_SHARE" and cfg[sec][k] != default[sec][k]]
+    keys += [k for k in ("DATA.TRAIN_CROP_SIZE", "DATA.TEST_CROP_SIZE", "MODEL.NUM_CLASSES")
+             if _get(cfg, k) != _get(default, k)]
+    culprits = []
+    for key in keys:
+        trial = cfg.clone()
+        trial.defrost()
+        a, b = key.split(".")
+        trial[a][b] = default[a][b]
+        try:
+            if _build_fails(trial) is None:
+                culprits.append(key)
+        except SpinError:
+            pass
+    why = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    name = f"MODEL.MODEL_NAME {cfg.MODEL.MODEL_NAME}"
+    if culprits:
+        shown = ", ".join(f"{k} {_get(cfg, k)!r}" for k in culprits)
+        return (f"{name} cannot be built or run with {shown} ({type(err).__name__}: {why}); change "
+                f"{'it' if len(culprits) == 1 else 'one of them'} (the default {_get(default, culprits[0])!r} "
+                f"of {culprits[0]} works)")
+    return (f"{name} cannot be built or run from its {sec}.* values ({type(err).__name__}: {why}); check "
+            f"{', '.join(keys) or sec + '.*'}")
+
+
+def _get(cfg, key: str):
+    a, b = key.split(".")
+    return cfg[a][b]

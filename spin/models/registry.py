@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..config import ConfigError
 from ..fusion import parse_fusion
 from ..transform import share
-from ..sharing import SharingPlan, build_plan
+from ..sharing import SharingPlan, build_plan, parse_scope, refuse_beside_plan
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 PLAN_KEYS = ("share_rate", "num_sets", "distribution", "mapping", "seed", "scope")
@@ -33,6 +33,11 @@ def register_shared_variants(fn: Callable[..., nn.Module]) -> Callable[..., nn.M
                                 ("wfws_", dict(share_rate=2, fusion="mean"), "WFWS: all D layers' "
                                  "weights mean-fused to D/2 sets on every forward")):
         def variant(_fn=fn, _extra=extra, **kwargs):
+            # The variant's rate 2 is a default: a plan the caller states (plan=, a rate, a set
+            # count, an explicit list) replaces it instead of conflicting with it.
+            if any(k in kwargs for k in ("plan", "share_rate", "num_sets")) or any(
+                    not isinstance(kwargs.get(k, ""), str) for k in ("mapping", "distribution")):
+                _extra = {k: v for k, v in _extra.items() if k != "share_rate"}
             return _fn(**{**_extra, **kwargs})
         variant.__name__ = variant.__qualname__ = prefix + fn.__name__
         variant.__doc__ = f"{what} ({fn.__name__})."
@@ -65,8 +70,11 @@ def resolve_plan(depth: int, plan_kwargs: dict) -> Optional[SharingPlan]:
     """The plan the keywords ask for, or None when they ask for nothing."""
     plan = plan_kwargs.get("plan")
     rest = {k: v for k, v in plan_kwargs.items() if k in PLAN_KEYS}
+    refuse_beside_plan(plan, **rest)
     if plan is None and rest:
         plan = build_plan(depth, **rest)
+    elif plan is not None and rest.get("scope") is not None:  # the scope of a plan that has none
+        plan = SharingPlan(plan.layer_to_set, parse_scope(rest["scope"]))
     return plan
 
 

@@ -186,7 +186,11 @@ def load_sweep_file(path: str) -> tuple[dict, list[Trial]]:
             raise SweepError(f"group {group!r} needs exactly one of 'grid:' or 'trials:'")
         opts = common + _opts(g.get("opts"), f"group {group} opts")
         if "grid" in g:
-            grid = {k: (v if isinstance(v, list) else [v]) for k, v in (g["grid"] or {}).items()}
+            if not isinstance(g["grid"] or {}, dict):
+                raise SweepError(f"group {group!r}: 'grid:' maps each config key to its values, e.g. "
+                                 f"'grid: {{CONVMIXER.WEIGHT_SHARE.SHARE_RATE: [1, 2]}}', not a "
+                                 f"{type(g['grid']).__name__}")
+            grid = {str(k): (v if isinstance(v, list) else [v]) for k, v in (g["grid"] or {}).items()}
             trials += grid_trials(group, cfg_files, opts, grid, seeds)
             continue
         if not isinstance(g["trials"] or {}, dict):
