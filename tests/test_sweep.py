@@ -3,6 +3,7 @@ the SLURM submission, and the report rebuilt from run folders."""
 import csv
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -83,9 +84,11 @@ def test_failing_trial_is_recorded_and_the_rest_finish(data, tmp_path, capsys):
     out = str(tmp_path / "sw")  # the missing data folder is found by the trial itself, at run time
     assert main(["sweep", "--cfg", TINY, "--grid", "DATA.PATH_TO_DATA_DIR", f"{data},{tmp_path}/nothing",
                  "--grid", "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "None,mean", "--out", out,
-                 "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False"]) == 0
-    last = capsys.readouterr().out.splitlines()[-1]
+                 "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False"]) == 1  # finished, but not all trials did
+    captured = capsys.readouterr()
+    last = captured.out.splitlines()[-1]
     assert "2/4 trials done, 2 failed:" in last and last.count("nothing_REDUCTION_FN=") == 2, last
+    assert captured.err.count("spin: error: ") == 1 and "spin: error: 2 of 4 trials failed: grid/" in captured.err
     failed = [r for r in rows(out) if r["status"] == "failed"]
     assert len(failed) == 2 and all("nothing" in r["error"] for r in failed), failed
 
@@ -148,7 +151,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_retraining(data, tmp_p
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the driver and its trials, as in a terminal
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and "rerun the same command to resume them" in err, err
+    assert p.returncode == 130 and re.fullmatch(r"spin: stopped: [0-2] of 4 trials done; rerun to resume\n", err), err
+    assert "running" not in {s.get("status") for s in statuses(out).values()}
     stopped = {k: has_checkpoint(s) for k, s in statuses(out).items() if s.get("status") == "stopped"}
     assert any(stopped.values()) and not any(os.path.exists(out / k / ".spin.lock") for k in stopped)
     assert subprocess.run(argv, env=env, capture_output=True, text=True).returncode == 0
