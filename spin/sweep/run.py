@@ -144,10 +144,11 @@ def _free_port() -> int:
 
 def process_start(pid: int) -> Optional[str]:
     """When process ``pid`` started (Linux: /proc), so a reused pid is not taken for it; '' where
-    that cannot be read; None when there is no such process."""
+    that cannot be read; None when there is no such process (or only its zombie)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         if os.path.isdir("/proc"):
             return None
@@ -218,6 +219,8 @@ def _run_trial(spec: dict) -> dict:
     last = latest_checkpoint(out)
     start = 0 if last is None else epochs_done(last)
     attempts = read_status(out).get("attempts", []) + [{"start_epoch": start, "pid": os.getpid(),
+                                                        "pid_start": process_start(os.getpid()),
+                                                        "host": socket.gethostname(),
                                                         "started": time.strftime("%Y-%m-%d %H:%M:%S")}]
     write_status(out, status="running", attempts=attempts, error="")
     t0 = time.time()
@@ -317,11 +320,23 @@ class Progress:
             print(file=sys.stderr)
 
 
+def _still_running(folder: str) -> bool:
+    """The folder's lock is held, or the process of its last attempt (this host) still lives."""
+    if lock_holder(folder):
+        return True
+    st = read_status(folder)
+    last = (st.get("attempts") or [{}])[-1]
+    if st.get("status") != "running" or last.get("host") != socket.gethostname() or not last.get("pid"):
+        return False
+    start = process_start(last["pid"])
+    return start is not None and start == last.get("pid_start", start)
+
+
 def _wait_free(folder: str, timeout: float = 120.0) -> None:
     """A trial of a sweep that was killed stops on its own (it watches its driver): wait for it to
-    release its folder rather than fail on the lock."""
+    end rather than fail on its lock or race its last record."""
     deadline = time.time() + timeout
-    while lock_holder(folder) and time.time() < deadline:
+    while _still_running(folder) and time.time() < deadline:
         time.sleep(0.2)
 
 
