@@ -7,6 +7,7 @@ written: each shared tensor once, no optimizer state.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
@@ -58,7 +59,7 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
     if st_path:
         from safetensors.torch import save
 
-        blob = save(state, metadata={"cfg": ws_cfg.dump()})
+        blob = save(state, metadata={"cfg": ws_cfg.dump(), "identity": json.dumps(extra["identity"])})
         atomic_write(st_path, lambda f: f.write(blob))
     return {
         "input": checkpoint, "output": output, "safetensors": st_path,

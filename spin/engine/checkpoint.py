@@ -15,6 +15,7 @@ official DeiT / ConvNeXt ``.pth`` (its ``"model"`` entry).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 from typing import Callable, Iterable, Optional
@@ -118,7 +119,8 @@ def _load_safetensors(path: str) -> dict:
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-        return {"model_state": load_file(path), **({"cfg": meta["cfg"]} if meta.get("cfg") else {})}
+        entries = {"cfg": meta.get("cfg"), "identity": json.loads(meta["identity"]) if meta.get("identity") else None}
+        return {"model_state": load_file(path), **{k: v for k, v in entries.items() if v}}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path!r} as safetensors ({e}); it is corrupt or "
                               f"truncated") from None
@@ -184,11 +186,13 @@ def stored_cfg(ck: dict) -> Optional[dict]:
 
 
 def checkpoint_identity(ck: dict) -> Optional[dict]:
-    """What the checkpoint's run was (its ``identity``; older files: derived from ``cfg`` and
-    ``classes``); None for a file without a config (timm, official weights)."""
+    """What the checkpoint's run was: its ``identity``; a file of an earlier spin (it stores
+    ``classes``): derived from its ``cfg`` and ``classes``; None for a file spin did not write
+    (timm, official, upstream SPIN), whose stored cfg need not describe its weights — upstream's
+    fuse step keeps the WFWS config beside fused WS weights — so only keys and shapes are checked."""
     if isinstance(ck.get("identity"), dict):
         return ck["identity"]
-    return idn.identity_of_stored(stored_cfg(ck), ck.get("classes"))
+    return idn.identity_of_stored(stored_cfg(ck), ck["classes"]) if "classes" in ck else None
 
 
 def check_eval_classes(ck: dict, classes, path: str) -> None:
