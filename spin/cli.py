@@ -212,8 +212,9 @@ def plot_main(argv: Sequence[str]):
 
 def sweep_main(argv: Sequence[str]):
     """spin sweep --cfg BASE.yaml --grid KEY V1,V2 [--seeds 3] --out DIR | --sweep FILE --out DIR | --report DIR"""
-    from .sweep import (check_not_reserved, check_trials, finalize, grid_trials, load_sweep_file, parse_values,
-                        run_sweep, save_comparisons, slurm_submission, write_report)
+    from .sweep import (TrialsFailed, changed_error, changed_trials, check_not_reserved, check_trials, finalize,
+                        grid_trials, load_sweep_file, parse_values, run_sweep, save_comparisons, slurm_submission,
+                        write_report)
 
     p = ArgumentParser(prog="spin sweep", description=sweep_main.__doc__)
     p.add_argument("--cfg", action="append", default=[], help="base config (may repeat)")
@@ -232,6 +233,9 @@ def sweep_main(argv: Sequence[str]):
     p.add_argument("--slurm-array-parallelism", type=int, default=None, help="(default 64)")
     p.add_argument("--dry-run", action="store_true", help="list the trials (and the SLURM submission); run nothing")
     p.add_argument("--report", default="", metavar="DIR", help="rebuild DIR's tables and plots from its run folders")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="retrain in place the trials whose folders hold results of other settings (their "
+                        "old outputs are removed); without it such a sweep is refused")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every trial")
     args = parse(p, argv)
     slurm_given = {k: getattr(args, "slurm_" + k) for k in slurm_defaults if getattr(args, "slurm_" + k) is not None}
@@ -239,6 +243,7 @@ def sweep_main(argv: Sequence[str]):
         others = [flag for flag, given in (("--cfg", args.cfg), ("--grid", args.grid), ("--sweep", args.sweep),
                                            ("--out", args.out), ("--seeds", args.seeds is not None),
                                            ("--dry-run", args.dry_run), ("--slurm-*", slurm_given),
+                                           ("--rerun-changed", args.rerun_changed),
                                            ("KEY VALUE overrides", args.opts)) if given]
         if others:
             raise ConfigError(f"--report DIR only rebuilds DIR's tables and plots; drop {', '.join(others)}")
@@ -289,9 +294,13 @@ def sweep_main(argv: Sequence[str]):
             t.opts = t.opts + ["NUM_GPUS", str(slurm["gpus"])]
     trials = finalize(trials, args.out)
     check_trials(trials)
+    changed = changed_trials(trials)
+    if changed and not (args.rerun_changed or args.dry_run):
+        raise changed_error(changed, args.out)
     if args.dry_run:
         for t in trials:
-            print(f"{t.key}: {' '.join(t.run_opts)}" + (f"  (after {t.parent_key})" if t.parent else ""))
+            print(f"{t.key}: {' '.join(t.run_opts)}" + (f"  (after {t.parent_key})" if t.parent else "")
+                  + (f"  (changed: {changed[t.key]})" if t.key in changed else ""))
         if args.executor == "slurm":
             first = [t for t in trials if not t.parent]
             print(f"# the first SLURM submission: {len(first)} trials without a parent, as one job array")
@@ -299,13 +308,17 @@ def sweep_main(argv: Sequence[str]):
         return trials
     if comparisons is not None:  # before the trials run: a report of a stopped sweep judges them too
         save_comparisons(args.out, comparisons)
-    status = run_sweep(trials, args.out, args.executor, args.jobs, slurm)
+    status = run_sweep(trials, args.out, args.executor, args.jobs, slurm, rerun=changed)
     res = write_report(args.out)
     failed = [k for k, v in status.items() if v == "failed"]
     print(f"sweep: {sum(v == 'done' for v in status.values())}/{len(trials)} trials done"
           + (f", {len(failed)} failed: {', '.join(failed)}" if failed else "")
           + f"; {args.out}/summary.md, results.csv" + (", comparisons.csv" if res["comparisons"] else "")
           + f", {len(res['plots'])} plots")
+    if failed:
+        raise TrialsFailed(f"{len(failed)} of {len(trials)} trials failed: {', '.join(failed[:4])}"
+                           f"{f' (+{len(failed) - 4} more)' if len(failed) > 4 else ''}; their errors are in "
+                           f"{os.path.join(args.out, 'results.csv')}; rerun the same command to retry them")
     return status
 
 
@@ -411,7 +424,7 @@ def main(argv: Sequence[str] = None) -> int:
     try:
         COMMANDS[argv[0]](argv[1:])
     except SweepStopped as e:  # Ctrl-C during a sweep: said what stopped and how to resume
-        report(e)
+        print(f"spin: {e}", file=sys.stderr)
         return 130
     except Interrupted as e:
         print(f"spin: {e}", file=sys.stderr)
@@ -424,7 +437,7 @@ def main(argv: Sequence[str] = None) -> int:
         return 1
     except SpinError as e:
         report(e)
-        return 2
+        return getattr(e, "exit_status", 2)  # 2: bad input; a finished sweep with failed trials says 1
     except OSError as e:  # the paths are checked before the work; this is what no check foresaw
         if e.errno is None:
             raise

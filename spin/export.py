@@ -7,12 +7,14 @@ written: each shared tensor once, no optimizer state.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
 from .config import check_cfg
 from .engine import checkpoint as cu
 from .engine.runfolder import atomic_write
+from .identity import identity
 from .models.factory import fusion_from_cfg, plan_section, plan_section_name
 from .paths import check_file
 from .transform import fuse
@@ -51,12 +53,13 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
     ws_cfg.TRAIN.CHECKPOINT_EPOCH_RESET = False
     state = {k: v.contiguous() for k, v in ws.state_dict().items()}
     extra = {k: ck[k] for k in ("classes",) if k in ck}
+    extra["identity"] = identity(ws_cfg, ck.get("classes"))
     cu.atomic_save({"epoch": int(ck.get("epoch", 0)), "model_state": state, "cfg": ws_cfg.dump(),
                     **extra}, output)
     if st_path:
         from safetensors.torch import save
 
-        blob = save(state, metadata={"cfg": ws_cfg.dump()})
+        blob = save(state, metadata={"cfg": ws_cfg.dump(), "identity": json.dumps(extra["identity"])})
         atomic_write(st_path, lambda f: f.write(blob))
     return {
         "input": checkpoint, "output": output, "safetensors": st_path,

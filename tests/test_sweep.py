@@ -1,8 +1,10 @@
 """spin sweep: real trials through the local executor, reruns, Ctrl-C, failing trials, parents,
 the SLURM submission, and the report rebuilt from run folders."""
+import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -15,6 +17,8 @@ from PIL import Image
 from conftest import make_image_folder
 from spin.cli import main
 from spin.sweep import finalize, grid_trials
+from spin.engine.checkpoint import epochs_done, latest_checkpoint
+from spin.engine.runfolder import lock_holder
 from spin.sweep.run import make_executor, read_status, submit_trials
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,9 +88,11 @@ def test_failing_trial_is_recorded_and_the_rest_finish(data, tmp_path, capsys):
     out = str(tmp_path / "sw")  # the missing data folder is found by the trial itself, at run time
     assert main(["sweep", "--cfg", TINY, "--grid", "DATA.PATH_TO_DATA_DIR", f"{data},{tmp_path}/nothing",
                  "--grid", "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "None,mean", "--out", out,
-                 "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False"]) == 0
-    last = capsys.readouterr().out.splitlines()[-1]
+                 "SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False"]) == 1  # finished, but not all trials did
+    captured = capsys.readouterr()
+    last = captured.out.splitlines()[-1]
     assert "2/4 trials done, 2 failed:" in last and last.count("nothing_REDUCTION_FN=") == 2, last
+    assert captured.err.count("spin: error: ") == 1 and "spin: error: 2 of 4 trials failed: grid/" in captured.err
     failed = [r for r in rows(out) if r["status"] == "failed"]
     assert len(failed) == 2 and all("nothing" in r["error"] for r in failed), failed
 
@@ -161,7 +167,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_retraining(data, tmp_p
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the driver and its trials, as in a terminal
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and "rerun the same command to resume them" in err, err
+    assert p.returncode == 130 and re.fullmatch(r"spin: stopped: [0-2] of 4 trials done; rerun to resume\n", err), err
+    assert "running" not in {s.get("status") for s in statuses(out).values()}
     stopped = {k: has_checkpoint(s) for k, s in statuses(out).items() if s.get("status") == "stopped"}
     assert any(stopped.values()) and not any(os.path.exists(out / k / ".spin.lock") for k in stopped)
     assert subprocess.run(argv, env=env, capture_output=True, text=True).returncode == 0
@@ -174,6 +181,33 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_retraining(data, tmp_p
             assert starts == [0, 0], (key, starts)
         else:
             assert starts == [0], (key, starts)
+
+
+def test_a_killed_sweep_stops_its_trials_and_the_rerun_resumes_them(data, tmp_path):
+    out = tmp_path / "sw"
+    trial = out / "grid" / "SHARE_RATE=2-s0"
+    argv = [sys.executable, "-m", "spin.cli", "sweep", "--cfg", TINY, "--grid", "CONVMIXER.WEIGHT_SHARE.SHARE_RATE", "2",
+            "--out", str(out), *common(data, 200), "LOG_PERIOD", "0", "TRAIN.EVAL_PERIOD", "200"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (lock_holder(str(trial)) and latest_checkpoint(str(trial))):
+            time.sleep(0.05)
+        assert lock_holder(str(trial)), "the trial never started"
+        os.kill(p.pid, signal.SIGKILL)  # the driver alone: its trial must notice and stop
+        p.wait()
+        deadline = time.time() + 30  # it releases its folder, then records that it stopped
+        while time.time() < deadline and (lock_holder(str(trial)) or read_status(str(trial))["status"] == "running"):
+            time.sleep(0.1)
+        assert lock_holder(str(trial)) is None and read_status(str(trial))["status"] == "stopped"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+    done = epochs_done(latest_checkpoint(str(trial)))
+    assert subprocess.run(argv, env=env, capture_output=True).returncode == 0
+    st = read_status(str(trial))
+    assert st["status"] == "done" and [a["start_epoch"] for a in st["attempts"]] == [0, done]
 
 
 def test_slurm_submission_carries_the_requested_resources(data, tmp_path, monkeypatch):

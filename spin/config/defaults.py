@@ -19,6 +19,8 @@ _C.TRAIN.CHECKPOINT_PERIOD = 10
 _C.TRAIN.AUTO_RESUME = True
 _C.TRAIN.CHECKPOINT_FILE_PATH = ""
 _C.TRAIN.CHECKPOINT_EPOCH_RESET = False
+# True: fine-tune TRAIN.CHECKPOINT_FILE_PATH onto classes other than the ones it stores (else refused).
+_C.TRAIN.CHECKPOINT_NEW_CLASSES = False
 _C.TRAIN.MIXED_PRECISION = False
 # Autocast dtype when MIXED_PRECISION: float16 (CUDA, with GradScaler) or bfloat16.
 _C.TRAIN.AMP_DTYPE = "float16"

@@ -3,7 +3,8 @@ and the rules for starting a training run from one (:func:`load_train_checkpoint
 
 A checkpoint is a dict: ``epoch`` (0-based, the epoch just finished), ``model_state`` (unwrapped
 from DDP), ``optimizer_state``, ``cfg`` (the YAML string of the run's config), ``classes``, with
-AMP ``scaler_state`` and with MODEL_EMA ``model_ema_state``. Files are
+``identity`` (what defines the run: :mod:`spin.identity`), with AMP ``scaler_state`` and with
+MODEL_EMA ``model_ema_state``. Files are
 OUTPUT_DIR/checkpoints/checkpoint_epoch_{epoch+1:05d}.pyth. Every checkpoint holds finite values
 only: a run whose weights or BatchNorm statistics went non-finite stops before saving them.
 
@@ -14,6 +15,7 @@ official DeiT / ConvNeXt ``.pth`` (its ``"model"`` entry).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 from typing import Callable, Iterable, Optional
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from .. import identity as idn
 from ..errors import SpinError
 from ..transform import init_relax
 from .engine import NonFiniteLossError
@@ -98,6 +101,8 @@ def save_checkpoint(path: str, model: nn.Module, epoch: int, cfg=None, optimizer
         state["optimizer_state"] = optimizer.state_dict()
     if cfg is not None:
         state["cfg"] = cfg if isinstance(cfg, str) else cfg.dump()
+    if cfg is not None and not isinstance(cfg, str):
+        state["identity"] = idn.identity(cfg, (extra or {}).get("classes"))
     if scaler is not None and scaler.is_enabled():
         state["scaler_state"] = scaler.state_dict()
     if ema is not None:
@@ -114,14 +119,16 @@ def _load_safetensors(path: str) -> dict:
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-        return {"model_state": load_file(path), **({"cfg": meta["cfg"]} if meta.get("cfg") else {})}
+        entries = {"cfg": meta.get("cfg"), "identity": json.loads(meta["identity"]) if meta.get("identity") else None}
+        return {"model_state": load_file(path), **{k: v for k, v in entries.items() if v}}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path!r} as safetensors ({e}); it is corrupt or "
                               f"truncated") from None
 
 
-def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint safely on the CPU as ``{"model_state": ..., ...}`` (see module doc)."""
+def load_checkpoint(path: str, mmap: bool = False) -> dict:
+    """Read a checkpoint safely on the CPU as ``{"model_state": ..., ...}`` (see module doc);
+    ``mmap``: tensors are mapped, not read (for a look at its entries)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file {path!r} does not exist; check "
                               f"TRAIN.CHECKPOINT_FILE_PATH / TEST.CHECKPOINT_FILE_PATH")
@@ -137,7 +144,7 @@ def load_checkpoint(path: str) -> dict:
         raise CheckpointError(f"{path!r} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle); "
                               f"give a .pyth/.pth written by spin train or torch.save, or a .safetensors file")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head.startswith(b"PK"))
     except Exception as e:  # pickle errors, truncated files, non-tensor objects
         msg = str(e)
         if "Unsupported global" in msg:
@@ -176,6 +183,25 @@ def stored_cfg(ck: dict) -> Optional[dict]:
         raise CheckpointError("the config stored in the checkpoint is not valid YAML; pass the config "
                               "it was trained with (--cfg FILE)") from None
     return data if isinstance(data, dict) else None
+
+
+def checkpoint_identity(ck: dict) -> Optional[dict]:
+    """What the checkpoint's run was: its ``identity``; a file of an earlier spin (it stores
+    ``classes``): derived from its ``cfg`` and ``classes``; None for a file spin did not write
+    (timm, official, upstream SPIN), whose stored cfg need not describe its weights — upstream's
+    fuse step keeps the WFWS config beside fused WS weights — so only keys and shapes are checked."""
+    if isinstance(ck.get("identity"), dict):
+        return ck["identity"]
+    return idn.identity_of_stored(stored_cfg(ck), ck["classes"]) if "classes" in ck else None
+
+
+def check_eval_classes(ck: dict, classes, path: str) -> None:
+    """An evaluation must use the checkpoint's labels: class k of the data is output k."""
+    stored = (checkpoint_identity(ck) or {}).get("classes")
+    idn.check({"classes": stored}, {"classes": {"classes": list(classes)}} if classes else {}, "test",
+              f"checkpoint {path} was trained on other classes than the data's",
+              "its outputs would be scored against other labels; evaluate on data with the checkpoint's "
+              "class folders (DATA.PATH_TO_DATA_DIR, TEST.DATASET)")
 
 
 def _summarise(keys: Iterable[str], n: int = 8) -> str:
@@ -224,8 +250,30 @@ def _load_optimizer(optimizer, ck: dict, path: str) -> None:
             f"TRAIN.CHECKPOINT_EPOCH_RESET True to start a new schedule from its weights") from None
 
 
+def _check_resume(cfg, ck: dict, path: str, classes, say) -> None:
+    """A resumed run must be the run the folder holds (same model, data and classes)."""
+    logged = idn.check(checkpoint_identity(ck), idn.identity(cfg, classes or None), "resume",
+                       f"{path} is OUTPUT_DIR's earlier run (resumed automatically: TRAIN.AUTO_RESUME) and was "
+                       f"trained with other settings",
+                       "to train this config choose a new OUTPUT_DIR; to resume that run, rerun with its "
+                       "config (OUTPUT_DIR/config.yaml)")
+    if logged:
+        say(f"resuming with settings that differ from {os.path.basename(path)}'s: {idn.describe(logged, 8)}")
+
+
+def _check_start(cfg, ck: dict, path: str, classes) -> None:
+    """Fine-tuning onto other class names re-labels the head's outputs: only when asked for."""
+    if cfg.TRAIN.CHECKPOINT_NEW_CLASSES or not classes:
+        return
+    stored = (checkpoint_identity(ck) or {}).get("classes")
+    idn.check({"classes": stored}, {"classes": {"classes": list(classes)}}, "start",
+              f"TRAIN.CHECKPOINT_FILE_PATH {path} was trained on other classes than the data's",
+              "its head's outputs would keep the file's labels; train on data with the file's class "
+              "folders, or set TRAIN.CHECKPOINT_NEW_CLASSES True to fine-tune it onto these classes")
+
+
 def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, ema=None,
-                          say: Optional[Callable[[str], None]] = None) -> int:
+                          say: Optional[Callable[[str], None]] = None, classes=None) -> int:
     """SlowFast's rules; returns the 0-based epoch to start at.
 
     1. TRAIN.AUTO_RESUME and a checkpoint in OUTPUT_DIR/checkpoints: continue after the newest one
@@ -235,6 +283,9 @@ def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, em
        epoch (a timm / official file), start at epoch 0; else continue its schedule.
     3. Else epoch 0.
     An EMA model without state in the checkpoint starts as a copy of the loaded weights.
+    The request is checked against the file's identity (``classes``: the data's): a resume must
+    be the folder's run (:data:`spin.identity.RULES` "resume"); a start from a file whose class
+    names differ needs TRAIN.CHECKPOINT_NEW_CLASSES True.
     """
     say = say or (lambda msg: None)
     latest = latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
@@ -251,6 +302,10 @@ def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, em
                        fix=None if not latest else "it is OUTPUT_DIR's earlier run, resumed automatically (TRAIN."
                        "AUTO_RESUME): to train a changed model choose a new OUTPUT_DIR; to resume that run, rerun "
                        "with its config (OUTPUT_DIR/config.yaml)")
+    if latest:
+        _check_resume(cfg, ck, path, classes, say)
+    else:
+        _check_start(cfg, ck, path, classes)
     resume = latest is not None or not (cfg.TRAIN.CHECKPOINT_EPOCH_RESET or "epoch" not in ck)
     if not resume and fit_relax_to_file(model, ck):
         say("fitted the relaxed-sharing deltas to the per-layer weights of the file")
@@ -298,5 +353,8 @@ def build_model_from_checkpoint(path: str, opts=(), cfg=None):
     check_cfg(cfg, "stats")
     model = build_model(cfg)
     load_model_weights(model, ck["model_state"], source=path)
+    idn.check(checkpoint_identity(ck), idn.identity(cfg), "test", f"checkpoint {path} holds another model than requested",
+              "drop the overrides (or --cfg) that change the model: the checkpoint's stored config "
+              "builds its model")
     fit_relax_to_file(model, ck)
     return model, cfg, ck

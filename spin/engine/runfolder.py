@@ -106,8 +106,9 @@ class RunLock:
     the holder (pid, host, start) for the error message; a file left with a name in it was left by
     a run that is gone, and :meth:`acquire` returns that name."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, name: str = "OUTPUT_DIR", what: str = "run"):
         self.path = os.path.join(folder, LOCK_NAME)
+        self.name, self.what = name, what  # how the error message calls the folder and its user
         self.fd: Optional[int] = None
 
     @property
@@ -128,8 +129,8 @@ class RunLock:
                 where = (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
                          if holder else "another process")
                 raise RunFolderError(
-                    f"OUTPUT_DIR {os.path.dirname(self.path)!r} is in use by {where}; wait for that run, "
-                    f"stop it, or choose another OUTPUT_DIR") from None
+                    f"{self.name} {os.path.dirname(self.path)!r} is in use by {where}; wait for that "
+                    f"{self.what}, stop it, or choose another {self.name}") from None
             try:  # the file we locked must still be the one at the path (a holder deletes it on release)
                 current = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -161,6 +162,24 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def lock_holder(folder: str) -> Optional[dict]:
+    """What the process holding ``folder``'s lock wrote (pid, host, start), or None when no live
+    process holds it. Takes nothing: a shared lock held for an instant only probes."""
+    try:
+        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        held = _read_json(fd) or {"pid": None}
+        os.close(fd)
+        return held
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    return None
 
 
 def _read_json(fd: int) -> dict:

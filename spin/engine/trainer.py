@@ -148,7 +148,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
             f"and TRAIN.AUTO_RESUME is False: a fresh run there would mix with them; choose a new OUTPUT_DIR, "
             f"or set TRAIN.AUTO_RESUME True to continue that run")
     start_epoch = cu.load_train_checkpoint(cfg, model, optimizer, scaler, ema and ema.module,
-                                           say=messages.append)
+                                           say=messages.append, classes=classes)
     per_proc = cfg.TRAIN.BATCH_SIZE // info.local_world_size
     train_loader = build_loader(cfg, train_set, True, per_proc, info.rank, info.world_size)
     if len(train_loader) == 0:
@@ -275,8 +275,9 @@ def test(cfg, info: Optional[DistInfo] = None) -> dict:
     if not path:
         raise cu.CheckpointError("no checkpoint to test: set TEST.CHECKPOINT_FILE_PATH (or train "
                                  "first so OUTPUT_DIR/checkpoints has one)")
-    _, val_set, _ = _datasets(cfg, train=False)
-    model, _, _ = cu.build_model_from_checkpoint(path, cfg=cfg)
+    _, val_set, classes = _datasets(cfg, train=False)
+    model, _, ck = cu.build_model_from_checkpoint(path, cfg=cfg)
+    cu.check_eval_classes(ck, classes, path)
     model = _wrap(_prepare(model, cfg, info), cfg, info)
     log = setup_logging(cfg.OUTPUT_DIR, info.is_master, cfg.LOG_JSON_TO_CONSOLE)
     res = evaluate(model, _val_loader(cfg, val_set, info), info.device, cfg.TRAIN.CHANNELS_LAST,

@@ -3,7 +3,9 @@
 * results.csv — one row per trial: group, trial, grid values, seed, kind (vanilla/WS/WFWS),
   parameters, unique parameters, GMACs, final and best val top-1/top-5, the final checkpoint's
   top-1/top-5 re-evaluated by the engine (OUTPUT_DIR/checkpoint_eval.json; empty in older runs) and
-  whether it agrees with the run's own last validation, epochs, train time, status;
+  whether it agrees with the run's own last validation, epochs, train time, status
+  (``mismatch``, without numbers, when the trial's checkpoints come from other settings than its
+  sweep_trial.json records);
 * summary.md — per group, mean ± std over seeds for every grid point, sorted by top-1 (the
   checkpoint's where every finished seed has it), trials whose checkpoint disagrees flagged, and
   the verdicts on the sweep's comparisons (compare.py);
@@ -22,14 +24,13 @@ import statistics
 from collections import defaultdict
 from typing import Optional
 
-from ..config import load_config
+from .. import identity as idn
 from ..engine.curves import read_metrics, save_png
 from ..engine.runfolder import RunFolderError, atomic_write
 from ..errors import SpinError
 from .compare import FIELDS as COMPARISON_FIELDS
 from .compare import comparisons_markdown, load_comparisons, primary_metric, verdicts
-from .run import STATUS, read_status
-from .spec import max_epoch
+from .run import STATUS, folder_identity, read_status, stored_config
 
 FIELDS = ["group", "trial", "seed", "kind", "params", "unique_params", "gmacs", "final_top1", "best_top1",
           "final_top5", "best_top5", "ckpt_top1", "ckpt_top5", "agree", "epochs", "max_epoch", "train_time_s",
@@ -40,24 +41,17 @@ CHECKPOINT_EVAL = "checkpoint_eval.json"
 AGREE_POINTS = 0.01
 
 
-def _describe(cfg_files, opts, cache: dict) -> dict:
+def _describe(cfg, cache: dict) -> dict:
+    """Kind, parameters and GMACs of the model a trial's config builds (cached per model)."""
     from ..stats import describe
 
-    arch_opts = []  # the seed, folder and starting weights do not change the architecture
-    for k, v in zip(opts[::2], opts[1::2]):
-        if k not in ("RNG_SEED", "OUTPUT_DIR", "TRAIN.CHECKPOINT_FILE_PATH"):
-            arch_opts += [k, v]
-    key = (tuple(cfg_files), tuple(arch_opts))
+    key = json.dumps(idn.identity(cfg)["model"], sort_keys=True, default=str)
     if key not in cache:
-        try:
-            row = describe(load_config(list(cfg_files), arch_opts))
-            kind = "vanilla" if row["sharing"] == "no" and row["fusion"] == "no" else (
-                "WFWS" if row["fusion"] != "no" else "WS")
-            cache[key] = {"params": row["params"], "unique_params": row["unique params"],
-                          "gmacs": round(row["GMACs"], 6), "kind": kind}
-        except SpinError:
-            cache[key] = {}
-        cache[key]["max_epoch"] = max_epoch(cfg_files, arch_opts)
+        row = describe(cfg)
+        kind = "vanilla" if row["sharing"] == "no" and row["fusion"] == "no" else (
+            "WFWS" if row["fusion"] != "no" else "WS")
+        cache[key] = {"params": row["params"], "unique_params": row["unique params"],
+                      "gmacs": round(row["GMACs"], 6), "kind": kind}
     return cache[key]
 
 
@@ -79,6 +73,47 @@ def disagrees(row: dict) -> bool:
     # the epsilon: two 4-decimal top-1s exactly 0.01 apart differ by a hair more in floats
     far = row.get("final_top1") is not None and abs(row["final_top1"] - row["ckpt_top1"]) > AGREE_POINTS + 1e-9
     return row.get("agree") is False or far
+def _trial_row(folder: str, cache: dict) -> dict:
+    """A trial described from its own record (never from today's config files), with the numbers
+    of its run only when its checkpoints come from the settings it records."""
+    st = read_status(folder)
+    values = st.get("values", {})
+    row = {"group": st.get("group"), "trial": st.get("name"), "seed": st.get("seed"),
+           "status": st.get("status", "pending"), "error": st.get("error", ""),
+           **{k: v for k, v in values.items() if k != "trial"}}
+    refused = []
+    try:  # a record whose config no longer loads is shown without a description
+        cfg = stored_config(st)
+        row.update(_describe(cfg, cache), max_epoch=cfg.SOLVER.MAX_EPOCH)
+        held = folder_identity(folder)
+        refused = idn.differences(held, idn.identity(cfg), "sweep")[0] if held else []
+    except SpinError:
+        pass
+    if refused:
+        row.update(status="mismatch", error=f"its checkpoints come from other settings than its {STATUS} "
+                                            f"({idn.describe(refused)}); rerun the sweep with --rerun-changed")
+        return row
+    row.update(_numbers(folder))
+    if row["status"] == "done" and row.get("max_epoch") and row["epochs"] < row["max_epoch"]:
+        row["status"] = "incomplete"
+    return row
+
+
+def _numbers(folder: str) -> dict:
+    try:
+        metrics = read_metrics(folder)
+    except SpinError:
+        metrics = []
+    out = {"epochs": int(metrics[-1]["epoch"]) if metrics else 0,
+           "train_time_s": round(sum(m.get("train_time") or 0 for m in metrics), 2)}
+    evals = [m for m in metrics if m.get("val_top1_err") is not None]
+    if evals:
+        out.update(final_top1=round(100 - evals[-1]["val_top1_err"], 4),
+                   best_top1=round(100 - min(m["val_top1_err"] for m in evals), 4),
+                   final_top5=round(100 - evals[-1]["val_top5_err"], 4),
+                   best_top5=round(100 - min(m["val_top5_err"] for m in evals), 4))
+    out.update(_checkpoint_eval(folder))
+    return out
 
 
 def collect(out: str) -> tuple[list[dict], list[str]]:
@@ -88,28 +123,8 @@ def collect(out: str) -> tuple[list[dict], list[str]]:
         raise RunFolderError(f"{out!r} holds no sweep trials (no */*/{STATUS}); give the --out of spin sweep")
     rows, keys, cache = [], [], {}
     for path in paths:
-        st = read_status(os.path.dirname(path))
-        values = st.get("values", {})
-        keys += [k for k in values if k not in keys and k != "trial"]
-        row = {"group": st.get("group"), "trial": st.get("name"), "seed": st.get("seed"),
-               "status": st.get("status", "pending"), "error": st.get("error", ""),
-               **{k: v for k, v in values.items() if k != "trial"}}
-        row.update(_describe(st.get("cfg_files", []), st.get("opts", []), cache))
-        try:
-            metrics = read_metrics(os.path.dirname(path))
-        except SpinError:
-            metrics = []
-        evals = [m for m in metrics if m.get("val_top1_err") is not None]
-        if evals:
-            row.update(final_top1=round(100 - evals[-1]["val_top1_err"], 4),
-                       best_top1=round(100 - min(m["val_top1_err"] for m in evals), 4),
-                       final_top5=round(100 - evals[-1]["val_top5_err"], 4),
-                       best_top5=round(100 - min(m["val_top5_err"] for m in evals), 4))
-        row.update(_checkpoint_eval(os.path.dirname(path)))
-        row["epochs"] = int(metrics[-1]["epoch"]) if metrics else 0
-        row["train_time_s"] = round(sum(m.get("train_time") or 0 for m in metrics), 2)
-        if row["status"] == "done" and row.get("max_epoch") and row["epochs"] < row["max_epoch"]:
-            row["status"] = "incomplete"
+        row = _trial_row(os.path.dirname(path), cache)
+        keys += [k for k in read_status(os.path.dirname(path)).get("values", {}) if k not in keys and k != "trial"]
         rows.append(row)
     rows.sort(key=lambda r: (str(r["group"]), str(r["trial"]), r["seed"] or 0))
     return rows, keys
