@@ -89,7 +89,11 @@ def identity(cfg, classes: Optional[Iterable[str]] = None) -> dict:
     """The identity of a run of ``cfg`` on data with ``classes`` (None: not known)."""
     flat = _flat(cfg)
     for key in PATH_KEYS:
-        flat[key] = os.path.abspath(flat[key]) if flat[key] else ""
+        # the data folder is one place whatever the working directory; a starting checkpoint is
+        # kept as written: a sweep names its parents' files relative to --out, and a report or
+        # rerun from another directory must not see them as changed
+        flat[key] = "" if not flat[key] else (os.path.abspath(flat[key]) if key == "DATA.PATH_TO_DATA_DIR"
+                                               else os.path.normpath(flat[key]))
     data = {k: flat[k] for k in DATA_KEYS}
     covered = set(data) | set(MODEL_KEYS)
     recipe = {k: v for k, v in flat.items() if k not in covered and not _harmless(k)

@@ -72,6 +72,15 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers on every rank. An EMA copy blends each rank's own BatchNorm statistics
+    (DDP re-broadcasts the live model's at each forward, not the EMA's): without this, the EMA
+    evaluated over all ranks would not be the EMA that rank 0 saves."""
+    if dist.is_available() and dist.is_initialized():
+        for b in module.buffers():
+            dist.broadcast(b, 0)
+
+
 def barrier():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

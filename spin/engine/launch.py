@@ -12,6 +12,7 @@ import torch
 from ..config import ConfigError
 from ..errors import SpinError
 from .distributed import DistInfo, cleanup, init_distributed, pick_device, under_torchrun
+from .verify import ConsistencyError
 
 
 def _spawned(local_rank: int, cfg, init_method: str, job: Callable):
@@ -24,7 +25,7 @@ def _spawned(local_rank: int, cfg, init_method: str, job: Callable):
     except SpinError as e:  # said once, by rank 0; the parent then reports that a process stopped
         if local_rank == 0:
             print(f"spin: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(1 if isinstance(e, ConsistencyError) else 2)
     finally:
         cleanup()
 
@@ -49,6 +50,9 @@ def launch(cfg, init_method: str, job: Callable):
         try:
             torch.multiprocessing.spawn(_spawned, nprocs=cfg.NUM_GPUS, args=(cfg, init_method, job))
         except torch.multiprocessing.ProcessExitedException as e:
+            if e.exit_code == 1:  # a run whose number its checkpoint did not reproduce (verify.py)
+                raise ConsistencyError(f"training process {e.error_index} of {cfg.NUM_GPUS}: the run's own "
+                                       f"evaluation differs from its saved checkpoint's (its error is above)") from None
             raise LaunchError(f"training process {e.error_index} of {cfg.NUM_GPUS} stopped (exit {e.exit_code}); "
                               f"its error is above") from None
         return None

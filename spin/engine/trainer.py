@@ -20,7 +20,7 @@ from ..data import DataError, build_dataset, build_loader
 from ..models import build_model
 from ..transform import sharing_of, unique_parameters
 from . import checkpoint as cu
-from .distributed import DistInfo, all_reduce_sum, barrier
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
 from .curves import plot_runs
 from .engine import evaluate, train_one_epoch
 from .logging import MetricsCSV, TensorBoard, format_eta, log_epoch, log_json_stats, memory_gb, setup_logging
@@ -223,6 +223,8 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
                 record.update(val_loss=val["loss"], val_top1_err=val["top1_err"],
                               val_top5_err=val["top5_err"], val_samples=val["samples"], min_top1_err=best)
                 if ema is not None:
+                    if info.distributed:
+                        broadcast_buffers(ema.module)
                     ev = ema_val = evaluate(ema.module, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
                     record.update(ema_val_top1_err=ev["top1_err"], ema_val_top5_err=ev["top5_err"])
             if info.is_master:  # the row first: a resume drops rows of epochs after its checkpoint

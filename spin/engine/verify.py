@@ -46,9 +46,11 @@ def agree(a: dict, b: dict) -> bool:
 
 def fresh_model(path: str, state_key: str = "model_state") -> torch.nn.Module:
     """The checkpoint's model rebuilt from its stored config, holding the weights under
-    ``state_key`` (``model_ema_state`` for the EMA model)."""
+    ``state_key`` (``model_ema_state`` for the EMA model; None when the file has none)."""
     model, _, ck = cu.build_model_from_checkpoint(path)
     if state_key != "model_state":
+        if state_key not in ck:  # e.g. EMA switched on when resuming a finished run
+            return None
         cu.load_model_weights(model, ck[state_key], source=f"{path} ({state_key})")
     return model
 
@@ -76,6 +78,8 @@ def check_checkpoint(path: str, in_loop: dict, evaluate_fresh: Callable[[torch.n
         if mine is None:
             continue
         fresh = fresh_model(path, key)
+        if fresh is None:
+            continue
         disk = _numbers(evaluate_fresh(fresh))
         record[prefix + "in_loop"], record[prefix + "checkpoint_eval"] = _numbers(mine), disk
         ok = agree(record[prefix + "in_loop"], disk)
@@ -136,6 +140,11 @@ def verify_run(output_dir: str, path: str, in_loop: dict, epoch: int, val_loader
             return logit_gap(live if key == "model_state" else live_ema, prepare(fresh), images)
 
     record = check_checkpoint(path, in_loop, run, epoch, in_loop_ema, probe)
+    if reduce is not None:  # each rank probed its own batch: all of them must agree
+        flags = [k for k in ("agree", "ema_agree") if k in record]
+        sums = reduce([1.0] + [float(record[k]) for k in flags])
+        for k, total in zip(flags, sums[1:]):
+            record[k] = bool(total >= sums[0])
     if is_master:
         write_record(output_dir, record)
     raise_if_disagree(record)
