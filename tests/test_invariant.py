@@ -3,7 +3,6 @@ evaluation, a model read back fresh from its saved checkpoint, ``spin test`` of 
 its export (fused WS, ONNX) all give the same logits and numbers — for every family, every kind of
 sharing, SGD and fused AdamW, EMA on and off. ``check_run`` is the one helper: a new family or
 fusion gets the whole check by adding a row to CASES."""
-import json
 import os
 
 import pytest
@@ -14,6 +13,7 @@ from spin.config import load_config
 from spin.engine import verify
 from spin.engine.trainer import test as run_test
 from spin.engine.trainer import train
+from test_engine import json_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -61,14 +61,9 @@ def family_cfg(family, kind, out, optimizer="adamw", ema=False, extra=()):
     return load_config([os.path.join(CONFIGS, base)], opts)
 
 
-def json_stats(output_dir, kind):
-    rows = []
-    with open(os.path.join(output_dir, "stdout.log")) as f:
-        for line in f:
-            if "json_stats: " in line:
-                row = json.loads(line.split("json_stats: ", 1)[1])
-                rows += [row] if row.get("_type") == kind else []
-    return rows
+def stats_of(output_dir, kind):
+    """The run's json_stats lines of one ``_type``."""
+    return [row for row in json_stats(output_dir) if row.get("_type") == kind]
 
 
 def _logits(model, images):
@@ -83,8 +78,8 @@ def check_run(cfg, onnx: bool = False) -> dict:
     out = cfg.OUTPUT_DIR
     record = verify.read_record(out)
     assert record is not None and record["agree"] and record.get("ema_agree", True), record
-    last_val = json_stats(out, "val_epoch")[-1]
-    assert len(json_stats(out, "val_epoch")) == cfg.SOLVER.MAX_EPOCH
+    last_val = stats_of(out, "val_epoch")[-1]
+    assert len(stats_of(out, "val_epoch")) == cfg.SOLVER.MAX_EPOCH
     # the last val_epoch line is what the checkpoint does, read back in a fresh model ...
     assert verify.agree(last_val, record["checkpoint_eval"]), (last_val, record)
     # ... and what spin test says of the final checkpoint
@@ -181,7 +176,7 @@ def test_wfws_from_a_trained_vanilla_is_as_good_as_it_reports(tmp_path, image_fo
         "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "mean", "TRAIN.CHECKPOINT_FILE_PATH", vanilla["checkpoint"],
         "TRAIN.CHECKPOINT_EPOCH_RESET", "True", "OUTPUT_DIR", str(tmp_path / "wfws")])
     wfws = train(wfws_cfg)
-    in_loop = 100 - json_stats(wfws_cfg.OUTPUT_DIR, "val_epoch")[-1]["top1_err"]
+    in_loop = 100 - stats_of(wfws_cfg.OUTPUT_DIR, "val_epoch")[-1]["top1_err"]
     fresh = 100 - run_test(wfws_cfg.clone())["top1_err"]
     assert fresh >= in_loop - 1e-9, (fresh, in_loop)
     assert 100 - vanilla["checkpoint_eval"]["top1_err"] >= 75.0  # the colours are learnable

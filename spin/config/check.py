@@ -190,6 +190,12 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
         raise ConfigError("\n".join(problems))
 
 
+def changed_arch_keys(cfg: CfgNode, sec: str, default: CfgNode) -> list[str]:
+    """The architecture keys of section ``sec`` (its plan subsection aside) that differ from
+    ``default``'s, as ``SEC.KEY``."""
+    return [f"{sec}.{k}" for k in cfg[sec] if k != "WEIGHT_SHARE" and cfg[sec][k] != default[sec][k]]
+
+
 def _foreign_keys(cfg: CfgNode, family: str, default: CfgNode) -> list[str]:
     """Keys of another family's architecture section that differ from their defaults: the chosen
     family never reads them, so a run (or a sweep axis) over them would silently change nothing.
@@ -199,7 +205,7 @@ def _foreign_keys(cfg: CfgNode, family: str, default: CfgNode) -> list[str]:
     for fam, sec in FAMILY_SECTIONS.items():
         if fam == family:
             continue
-        stray = [f"{sec}.{k}" for k in cfg[sec] if k != "WEIGHT_SHARE" and cfg[sec][k] != default[sec][k]]
+        stray = changed_arch_keys(cfg, sec, default)
         if stray:
             out.append(f"{', '.join(stray)} set, but MODEL.MODEL_NAME {cfg.MODEL.MODEL_NAME} does not read {sec}.* "
                        f"(its architecture is {FAMILY_SECTIONS[family]}.*; {sec}.* is read by MODEL.MODEL_NAME "

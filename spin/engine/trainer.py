@@ -262,7 +262,8 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
             tb.close()
         if lock:
             lock.release()
-    return {"val": val, "checkpoint_eval": check["checkpoint_eval"] if check else None, "parameters": n_params, "unique_parameters": unique_parameters(core),
+    return {"val": val, "checkpoint_eval": check["checkpoint_eval"] if check else None,
+            "parameters": n_params, "unique_parameters": unique_parameters(core),
             "checkpoint": last_ck and os.path.abspath(last_ck), "output_dir": os.path.abspath(cfg.OUTPUT_DIR),
             "tensorboard": tb.log_dir if tb is not None else None, "start_epoch": start_epoch}
 

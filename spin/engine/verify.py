@@ -10,6 +10,7 @@ Any model family or fusion gets this for free: it needs nothing but the checkpoi
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -44,15 +45,22 @@ def agree(a: dict, b: dict) -> bool:
     return flips <= max(1.0, TOP1_FRACTION * a["samples"]) + 1e-6
 
 
-def fresh_model(path: str, state_key: str = "model_state") -> torch.nn.Module:
-    """The checkpoint's model rebuilt from its stored config, holding the weights under
-    ``state_key`` (``model_ema_state`` for the EMA model; None when the file has none)."""
+def fresh_models(path: str, keys=("model_state",)) -> dict:
+    """The checkpoint's model rebuilt from its stored config, once per state in ``keys``
+    (``model_ema_state`` for the EMA model; a state the file lacks is left out). Reads the file once."""
     model, _, ck = cu.build_model_from_checkpoint(path)
-    if state_key != "model_state":
-        if state_key not in ck:  # e.g. EMA switched on when resuming a finished run
-            return None
-        cu.load_model_weights(model, ck[state_key], source=f"{path} ({state_key})")
-    return model
+    out = {"model_state": model} if "model_state" in keys else {}
+    for key in keys:
+        if key != "model_state" and key in ck:  # e.g. no EMA state: EMA switched on at a resume
+            other = copy.deepcopy(model)
+            cu.load_model_weights(other, ck[key], source=f"{path} ({key})")
+            out[key] = other
+    return out
+
+
+def fresh_model(path: str, state_key: str = "model_state") -> Optional[torch.nn.Module]:
+    """One state of ``path`` in a fresh model (None when the file has no such state)."""
+    return fresh_models(path, (state_key,)).get(state_key)
 
 
 def _numbers(res: dict) -> dict:
@@ -74,11 +82,11 @@ def check_checkpoint(path: str, in_loop: dict, evaluate_fresh: Callable[[torch.n
     gap between the run's live model and the fresh one on a val batch. Returns the record of
     checkpoint_eval.json."""
     record = {"checkpoint": os.path.abspath(path), "epoch": int(epoch)}
-    for prefix, key, mine in (("", "model_state", in_loop), ("ema_", "model_ema_state", in_loop_ema)):
-        if mine is None:
-            continue
-        fresh = fresh_model(path, key)
-        if fresh is None:
+    wanted = (("", "model_state", in_loop), ("ema_", "model_ema_state", in_loop_ema))
+    models = fresh_models(path, [key for _, key, mine in wanted if mine is not None])
+    for prefix, key, mine in wanted:
+        fresh = models.get(key)
+        if mine is None or fresh is None:
             continue
         disk = _numbers(evaluate_fresh(fresh))
         record[prefix + "in_loop"], record[prefix + "checkpoint_eval"] = _numbers(mine), disk

@@ -148,6 +148,7 @@ def build_problem(cfg) -> Optional[str]:
     that stop it: each changed key whose default makes the model build is named. Plan errors
     (SharingError) come out as they are."""
     from ..config import get_cfg
+    from ..config.check import changed_arch_keys
 
     # A sweep checks every trial: trials that differ only in what the model does not read
     # (learning rate, seed, ...) share one build.
@@ -161,7 +162,7 @@ def build_problem(cfg) -> Optional[str]:
         return None
 
     default, sec = get_cfg(), FAMILY_SECTIONS[family(cfg)]
-    keys = [f"{sec}.{k}" for k in cfg[sec] if k != "WEIGHT_SHARE" and cfg[sec][k] != default[sec][k]]
+    keys = changed_arch_keys(cfg, sec, default)
     keys += [k for k in ("DATA.TRAIN_CROP_SIZE", "DATA.TEST_CROP_SIZE", "MODEL.NUM_CLASSES")
              if _get(cfg, k) != _get(default, k)]
     culprits = []

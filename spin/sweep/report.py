@@ -27,6 +27,7 @@ from typing import Optional
 from .. import identity as idn
 from ..engine.curves import read_metrics, save_png
 from ..engine.runfolder import RunFolderError, atomic_write
+from ..engine.verify import read_record
 from ..errors import SpinError
 from .compare import FIELDS as COMPARISON_FIELDS
 from .compare import comparisons_markdown, load_comparisons, primary_metric, verdicts
@@ -35,7 +36,6 @@ from .run import STATUS, folder_identity, read_status, stored_config
 FIELDS = ["group", "trial", "seed", "kind", "params", "unique_params", "gmacs", "final_top1", "best_top1",
           "final_top5", "best_top5", "ckpt_top1", "ckpt_top5", "agree", "epochs", "max_epoch", "train_time_s",
           "status", "error"]
-CHECKPOINT_EVAL = "checkpoint_eval.json"
 # in-loop and checkpoint top-1 further apart than this (points) flag the trial: the saved model is
 # not the one the run measured
 AGREE_POINTS = 0.01
@@ -57,13 +57,12 @@ def _describe(cfg, cache: dict) -> dict:
 
 def _checkpoint_eval(run_dir: str) -> dict:
     """ckpt_top1, ckpt_top5 and agree from the engine's re-evaluation of the final checkpoint."""
+    ev = read_record(run_dir)
     try:
-        with open(os.path.join(run_dir, CHECKPOINT_EVAL)) as f:
-            ev = json.load(f)
         ck = ev["checkpoint_eval"]
         return {"ckpt_top1": round(100 - float(ck["top1_err"]), 4), "ckpt_top5": round(100 - float(ck["top5_err"]), 4),
                 "agree": bool(ev["agree"]) if ev.get("agree") is not None else ""}
-    except (OSError, ValueError, KeyError, TypeError):  # an older run (no file): the columns stay empty
+    except (KeyError, TypeError, ValueError):  # an older run (no file): the columns stay empty
         return {}
 
 
