@@ -5,7 +5,7 @@
     ws = spin.fuse(wfws)                                     # its WS export
 """
 from .sharing import SharingError, SharingPlan, build_plan
-from .transform import cached, fuse, share, sharing_of, unique_parameters
+from .share_transform import cached, fuse, share, sharing_of, unique_parameters
 from . import models  # noqa: E402,F401  (registers the families' scopes and named builders)
 
 __version__ = "0.2.0"

@@ -28,7 +28,7 @@ from .data import DataError
 from .engine.curves import save_png
 from .engine.runfolder import atomic_write
 from .sharing import SharingError, build_plan
-from .transform import bank_of, layer_weights, sharing_of
+from .share_transform import bank_of, layer_weights, sharing_of
 
 
 # ------------------------------------------------------------------------------ CKA

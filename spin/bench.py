@@ -28,7 +28,7 @@ import torch.nn as nn
 from .errors import SpinError
 from .models import SpinConvMixer, create_model
 from .paths import check_folder
-from .transform import unique_parameters
+from .share_transform import unique_parameters
 from .sharing import build_plan
 from .stats import count_macs
 
@@ -258,7 +258,7 @@ def benchmark(dim: int, depth: int, patch: int, image: int, batch: int, kernel: 
 def _onnx_session(model: nn.Module, x: torch.Tensor, folder: str):
     """An onnxruntime session of a copy of ``model`` as ``spin export`` writes it (WFWS fused)."""
     from .deploy import export_onnx, metadata, onnx_session
-    from .transform import fuse, sharing_of
+    from .share_transform import fuse, sharing_of
 
     m = copy.deepcopy(model.model if isinstance(model, ChannelsLast) else model).cpu().eval()
     m = fuse(m) if sharing_of(m)[1] else m

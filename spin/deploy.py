@@ -27,7 +27,7 @@ from .engine.runfolder import atomic_write
 from .errors import SpinError
 from .models.factory import plan_section
 from .paths import check_file
-from .transform import fuse, sharing_of, unique_parameters
+from .share_transform import fuse, sharing_of, unique_parameters
 
 FORMATS = ("onnx", "pt2")
 INSTALL = "pip install 'spin[deploy]' (or: pip install onnx onnxruntime onnxscript)"

@@ -17,7 +17,7 @@ from .engine.runfolder import atomic_write
 from .identity import identity
 from .models.factory import fusion_from_cfg, plan_section, plan_section_name
 from .paths import check_file
-from .transform import fuse
+from .share_transform import fuse
 
 
 def _state_bytes(state: dict) -> int:

@@ -42,7 +42,7 @@ MAPPINGS = ("sequential", "strided", "pyramid", "random")
 # The patterns follow the published layouts (timm's ViT Block, MixerBlock and ConvMixer blocks,
 # the official ConvNeXt block); spin's own ConvMixer resolves its names itself (upstream keys).
 SCOPES = {
-    "convmixer": {"pointwise": ("1.*",), "depthwise": ("0.fn.0.*",), "norm": ("0.fn.2.*", "3.*")},
+    "convmixer": {"pointwise": ("pwise.*",), "depthwise": ("dwise_blk.0.*",), "norm": ("dwise_blk.2.*", "bn2.*")},
     "vit": {"attn": ("attn.qkv.*", "attn.proj.*"), "mlp": ("mlp.*",), "norm": ("norm1.*", "norm2.*"),
             "ls": ("ls1.*", "ls2.*")},
     "convnext": {"dwconv": ("dwconv.*",), "pwconv": ("pwconv1.*", "pwconv2.*"), "norm": ("norm.*",),
@@ -147,10 +147,11 @@ def parse_scope(scope: Union[str, Sequence[str], None]) -> tuple[str, ...]:
     return tuple(names + list(dict.fromkeys(p for p in out if p not in SCOPE_NAMES)))
 
 
-def scope_patterns(scope: Sequence[str], family: Optional[str]) -> tuple[str, ...]:
-    """A parsed scope -> glob patterns for ``family``: its named parts expanded, its default
-    when ``scope`` is empty (every block parameter for a model of no known family)."""
-    vocab = SCOPES.get(family or "", {})
+def scope_patterns(scope: Sequence[str], family: Optional[str], parts: Optional[dict] = None) -> tuple[str, ...]:
+    """A parsed scope -> glob patterns for ``family``: its named parts (``parts``, else
+    ``SCOPES[family]``) expanded, its default when ``scope`` is empty (every block parameter for a
+    model of no known family)."""
+    vocab = parts or SCOPES.get(family or "", {})
     if not scope:
         scope = parse_scope(DEFAULT_SCOPES[family]) if family in DEFAULT_SCOPES else ("*",)
     out: list[str] = []

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import check_cfg
 from .models import build_model, family, plan_section
 from .models.factory import relax_from_cfg
-from .transform import sharing_of, unique_parameters
+from .share_transform import sharing_of, unique_parameters
 from .sharing import DEFAULT_SCOPES
 
 COLUMNS = ["name", "model", "C/D/P/K", "arch", "sharing", "fusion", "relax", "rate", "distribution", "mapping",

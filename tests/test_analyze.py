@@ -14,7 +14,7 @@ from spin.cli import main
 from spin.config import load_config
 from spin.engine import checkpoint as cu
 from spin.models import build_model, create_model
-from spin.transform import fuse, share, unique_parameters
+from spin.share_transform import fuse, share, unique_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tests", "tiny-ws.yaml")
@@ -89,8 +89,7 @@ def test_analyze_suggests_the_planted_groups_with_zero_fusion_error(tmp_path, ca
     model = randomize_bn(build_model(cfg))
     with torch.no_grad():  # layers 0-3 hold one pointwise set, layers 4-7 another
         for i in range(8):
-            model.pwise_w[i].copy_(model.pwise_w[0 if i < 4 else 4])
-            model.pwise_b[i].copy_(model.pwise_b[0 if i < 4 else 4])
+            model.blocks[i].pwise.load_state_dict(model.blocks[0 if i < 4 else 4].pwise.state_dict())
     ck = cu.save_checkpoint(str(tmp_path / "run" / "checkpoints" / "checkpoint_epoch_00001.pyth"), model, 0, cfg)
     assert main(["analyze", "--checkpoint", ck, "--suggest", "2", "--images", "12"]) == 0
     out = capsys.readouterr().out

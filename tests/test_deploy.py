@@ -57,7 +57,7 @@ def test_artifacts_give_pytorchs_logits_independently(tmp_path):
                   "CONVMIXER.WEIGHT_SHARE.SEED", "5", "CONVMIXER.WEIGHT_SHARE.SCOPE", "both",
                   "CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "mean")
     model, _, _ = cu.build_model_from_checkpoint(ck)
-    from spin.transform import fuse
+    from spin.share_transform import fuse
 
     ref_model = fuse(model.eval()).eval()
     x = torch.randn(3, 3, 32, 32)

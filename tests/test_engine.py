@@ -12,7 +12,7 @@ import torch
 from spin.config import ConfigError, load_config
 from spin.data import DataError
 from spin.engine import checkpoint as cu
-from spin.engine.engine import NonFiniteLossError
+from spin.engine.loop import NonFiniteLossError
 from spin.engine.optim import construct_optimizer, get_lr_at_epoch
 from spin.engine.trainer import train
 from spin.models import build_model
@@ -56,7 +56,7 @@ def test_bn_params_get_bn_weight_decay():
     decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert decay[id(model.patch_embed.bn.weight)] == 0.0
     assert decay[id(model.blocks[0].bn2.bias)] == 0.0
-    assert decay[id(model.pwise_w[0])] == 0.05
+    assert decay[id(model.shared.sets[0].pwise.weight)] == 0.05
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["eps"] == 1e-8
     assert len(decay) == sum(1 for _ in model.parameters())
 

@@ -13,7 +13,7 @@ from spin.engine.optim import construct_optimizer
 from spin.engine.trainer import train
 from spin.export import fuse_checkpoint
 from spin.models import build_model
-from spin.transform import unique_parameters
+from spin.share_transform import unique_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")

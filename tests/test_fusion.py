@@ -7,6 +7,8 @@ from spin.engine.checkpoint import load_model_weights
 from spin.fusion import FUSIONS, fuse
 from spin.models import SpinConvMixer
 from spin.sharing import SharingError, build_plan
+from spin.share_transform import fuse as spin_fuse
+from spin.share_transform import sharing_of, unique_parameters
 
 SMALL = dict(dim=16, depth=4, patch_kernel=4, kernel_size=3, num_classes=5, drop_rate=0.0)
 
@@ -70,21 +72,23 @@ def test_channel_weighted_mean_by_hand():
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("mapping", ["sequential", "strided", "pyramid", "random"])
-@pytest.mark.parametrize("scope", ["pointwise", "both"])
+@pytest.mark.parametrize("scope", ["pointwise", "both", "pointwise+norm"])
 def test_fuse_export_matches_wfws_logits(fusion, mapping, scope):
     plan = build_plan(4, share_rate=2, mapping=mapping, seed=1, scope=scope)
     wfws = randomize_bn(SpinConvMixer(**SMALL, plan=plan, fusion=fusion))
     g = torch.Generator().manual_seed(2)
-    for name, p in wfws.named_parameters():  # give every set and coefficient distinct values
-        if name.startswith(("pwise_", "dwise_", "reduction_w", "dwise_reduction_w")):
-            p.data = torch.randn(p.shape, generator=g) * 0.3 + (1.0 if "reduction" in name else 0.0)
+    for name, p in wfws.named_parameters():  # give every stored copy and coefficient distinct values
+        if name.startswith(("blocks.", "shared.coeffs")):
+            p.data = torch.randn(p.shape, generator=g) * 0.3 + (1.0 if "coeffs" in name else 0.0)
     wfws.eval()
-    ws = wfws.fuse().eval()
-    assert ws.fusion is None and len(ws.pwise_w) == (2 if "pointwise" in plan.scope else 4)
-    assert not any(k.startswith("reduction_w") for k in ws.state_dict())
+    ws = spin_fuse(wfws).eval()
+    assert sharing_of(ws)[1] is None
+    keys = ws.state_dict()
+    assert sum(k.startswith("pwise_w.") for k in keys) == (2 if "pointwise" in plan.scope else 4)
+    assert not any(k.startswith(("reduction_w", "shared.coeffs")) for k in keys)
     x = torch.randn(3, 3, 16, 16)
     torch.testing.assert_close(ws(x), wfws(x), rtol=1e-5, atol=1e-5)
-    assert sum(p.numel() for p in ws.parameters()) == wfws.unique_parameters()
+    assert sum(p.numel() for p in ws.parameters()) == unique_parameters(wfws)
 
 
 def test_vanilla_checkpoint_loads_into_wfws():
@@ -92,8 +96,8 @@ def test_vanilla_checkpoint_loads_into_wfws():
     wfws = SpinConvMixer(**SMALL, plan=build_plan(4, share_rate=2), fusion="channel_weighted_mean")
     load_model_weights(wfws, vanilla.state_dict())  # reduction_w keep their init (ones)
     for i in range(4):
-        assert torch.equal(wfws.pwise_w[i], vanilla.pwise_w[i])
-    assert torch.all(wfws.reduction_w[0] == 1)
+        assert torch.equal(wfws.blocks[i].pwise.weight, vanilla.blocks[i].pwise.weight)
+    assert torch.all(wfws.state_dict()["reduction_w.0"] == 1)
     # With rate 1 the fused model is the vanilla one.
     same = SpinConvMixer(**SMALL, plan=build_plan(4, share_rate=1), fusion="mean")
     load_model_weights(same, vanilla.state_dict())
@@ -104,10 +108,10 @@ def test_vanilla_checkpoint_loads_into_wfws():
 def test_fusion_errors():
     with pytest.raises(SharingError, match="allowed: None, mean"):
         SpinConvMixer(**SMALL, plan=build_plan(4, share_rate=2), fusion="median")
-    with pytest.raises(SharingError, match="BatchNorm"):
-        SpinConvMixer(**SMALL, plan=build_plan(4, share_rate=2, scope="norm"), fusion="mean")
     with pytest.raises(SharingError, match="needs a WFWS"):
-        SpinConvMixer(**SMALL).fuse()
+        spin_fuse(SpinConvMixer(**SMALL))
+    with pytest.raises(SharingError, match="shares nothing"):
+        SpinConvMixer(**SMALL, relax="scale")
 
 
 def test_inference_cache_follows_weight_updates():
@@ -117,14 +121,14 @@ def test_inference_cache_follows_weight_updates():
     with torch.no_grad():
         a = wfws(x)
         assert torch.equal(wfws(x), a)  # served from the cache
-        wfws.pwise_w[3].mul_(2.0)  # an in-place update must invalidate it
+        wfws.blocks[3].pwise.weight.mul_(2.0)  # an in-place update must invalidate it
         b = wfws(x)
     assert not torch.allclose(a, b)
     with torch.no_grad():
-        wfws.reduction_w[0].fill_(0.5)
+        wfws.shared.coeffs[0].pwise.weight.fill_(0.5)
         c = wfws(x)
     assert not torch.allclose(b, c)
-    torch.testing.assert_close(wfws.fuse().eval()(x), c, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(spin_fuse(wfws).eval()(x), c, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(wfws(x), c)  # grad mode: computed afresh, same values
 
 

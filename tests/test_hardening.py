@@ -20,7 +20,7 @@ from spin.cli import main
 from spin.config import load_config
 from spin.data.folder import DataError, ImageFolder, load_rgb
 from spin.engine import checkpoint as cu
-from spin.engine.engine import NonFiniteLossError
+from spin.engine.loop import NonFiniteLossError
 from spin.engine.optim import get_lr_at_epoch
 from spin.engine.trainer import SoftTargetLoss, train
 
@@ -529,7 +529,7 @@ def test_checkpoints_respect_the_umask(world, tmp_path):
 def test_a_pass_over_no_usable_image_is_an_error_not_a_result(world):
     from spin.data import build_loader
     from spin.data.transforms import build_eval_transform
-    from spin.engine.engine import evaluate, train_one_epoch
+    from spin.engine.loop import evaluate, train_one_epoch
     from spin.models import build_model
 
     cfg = load_config([TINY])

@@ -148,7 +148,7 @@ def test_cached_block_reuses_fusions_and_forgets_them_on_exit():
             num_classes=3, share_rate=2, fusion="mean").eval()
         x = torch.rand(2, 3, 32, 32)
         before = _logits(model, x)
-        weight = model.pwise_w[1] if family == "convmixer" else model.blocks[1].attn.qkv.weight
+        weight = model.blocks[1].pwise.weight if family == "convmixer" else model.blocks[1].attn.qkv.weight
         with spin.cached(model):
             torch.testing.assert_close(_logits(model, x), before)
             with torch.no_grad():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from conftest import randomize_bn
 from spin.models import SpinConvMixer, create_model
 from spin.sharing import build_plan
+from spin.share_transform import unique_parameters
 
 SMALL = dict(dim=16, depth=4, patch_kernel=4, kernel_size=3, num_classes=5, drop_rate=0.0)
 
@@ -25,7 +26,7 @@ def test_published_parameter_counts():
     assert 20_465_896 - 16 * 590_592 == 11_016_424
     wfws = create_model("wfws_convmixer_768_32_14_3")
     assert n_params(wfws) == 20_465_896  # keeps all 32 pretrained sets
-    assert wfws.unique_parameters() == 11_016_424
+    assert unique_parameters(wfws) == 11_016_424
 
 
 def upstream_keys(depth, n_sets, reduction=0):
@@ -106,30 +107,58 @@ def test_shared_gradient_is_sum_over_its_layers(mapping):
     van = SpinConvMixer(**SMALL).eval()
     sd = {k: v for k, v in ws.state_dict().items() if not k.startswith("pwise_")}
     for i, g in enumerate(plan.layer_to_set):
-        sd[f"pwise_w.{i}"], sd[f"pwise_b.{i}"] = ws.pwise_w[g].detach(), ws.pwise_b[g].detach()
+        sd[f"pwise_w.{i}"], sd[f"pwise_b.{i}"] = ws.state_dict()[f"pwise_w.{g}"], ws.state_dict()[f"pwise_b.{g}"]
     van.load_state_dict(sd, strict=True)
     x = torch.randn(2, 3, 16, 16)
     ws(x).square().sum().backward()
     van(x).square().sum().backward()
     for g, layers in enumerate(plan.groups):
-        torch.testing.assert_close(ws.pwise_w[g].grad, sum(van.pwise_w[i].grad for i in layers))
-        torch.testing.assert_close(ws.pwise_b[g].grad, sum(van.pwise_b[i].grad for i in layers))
+        shared = ws.shared.sets[g].pwise
+        torch.testing.assert_close(shared.weight.grad, sum(van.blocks[i].pwise.weight.grad for i in layers))
+        torch.testing.assert_close(shared.bias.grad, sum(van.blocks[i].pwise.bias.grad for i in layers))
 
 
 @pytest.mark.parametrize("scope,extra", [
-    ("depthwise", {"dwise_w.0", "dwise_w.1", "dwise_b.0", "dwise_b.1"}),
-    ("norm", {"norm_a.0.weight", "norm_b.1.running_var"}),
+    ("depthwise", {"shared.sets.0.dwise_blk.0.weight", "shared.sets.1.dwise_blk.0.bias"}),
+    ("norm", {"shared.sets.0.dwise_blk.2.weight", "shared.sets.1.bn2.bias"}),
 ])
-def test_other_scopes_move_weights_to_model_level(scope, extra):
+def test_other_scopes_share_through_spin_share(scope, extra):
     m = SpinConvMixer(**SMALL, plan=build_plan(4, share_rate=2, scope=scope))
     sd = m.state_dict()
     assert extra <= set(sd)
+    assert sum(k.startswith("pwise_w.") for k in sd) == 4  # pointwise not shared
     if scope == "depthwise":
         assert "blocks.0.dwise_blk.0.weight" not in sd
-        assert sum(k.startswith("pwise_w.") for k in sd) == 4  # pointwise not shared
-    else:
-        assert "blocks.0.bn2.weight" not in sd
+    else:  # the affine parameters are shared, the running statistics stay each layer's own
+        assert "blocks.1.bn2.weight" not in sd
+        assert {f"blocks.{i}.bn2.running_var" for i in range(4)} <= set(sd)
     m(torch.randn(2, 3, 16, 16)).sum().backward()
+
+
+def test_earlier_spin_layouts_load_with_equal_logits():
+    """Files of spin before ConvMixer shared through spin.share kept shared depthwise sets at
+    dwise_w.{g} / dwise_b.{g}, shared norms (with one set of statistics) at norm_a|norm_b.{g}."""
+    plan = build_plan(4, share_rate=2, mapping="strided", scope="all")  # groups (0, 2), (1, 3)
+    m = randomize_bn(SpinConvMixer(**SMALL, plan=plan)).eval()
+    for i, g in enumerate(plan.layer_to_set):  # one set of statistics per group, as those files had
+        first = plan.groups[g][0]
+        for bn in ("dwise_blk.2", "bn2"):
+            m.blocks[i].get_submodule(bn).load_state_dict(m.blocks[first].get_submodule(bn).state_dict())
+    new = m.state_dict()
+    legacy = {k: v for k, v in new.items() if not k.startswith(("shared.", "blocks."))}
+    for g in range(2):
+        first = plan.groups[g][0]
+        legacy[f"dwise_w.{g}"] = new[f"shared.sets.{g}.dwise_blk.0.weight"]
+        legacy[f"dwise_b.{g}"] = new[f"shared.sets.{g}.dwise_blk.0.bias"]
+        for old, bn in (("norm_a", "dwise_blk.2"), ("norm_b", "bn2")):
+            for t in ("weight", "bias"):
+                legacy[f"{old}.{g}.{t}"] = new[f"shared.sets.{g}.{bn}.{t}"]
+            for t in ("running_mean", "running_var", "num_batches_tracked"):
+                legacy[f"{old}.{g}.{t}"] = new[f"blocks.{first}.{bn}.{t}"]
+    fresh = SpinConvMixer(**SMALL, plan=plan).eval()
+    fresh.load_state_dict(legacy, strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(fresh(x), m(x))
 
 
 def test_param_counts_per_scope():

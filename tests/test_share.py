@@ -16,7 +16,7 @@ from spin import SharingError, build_plan
 from spin.engine import checkpoint as cu
 from spin.fusion import FUSIONS
 from spin.models import ConvNeXtIsotropic, create_model
-from spin.transform import bank_of, fuse, share, unique_parameters
+from spin.share_transform import shared_sets_of, fuse, share, unique_parameters
 from spin.sharing import SCOPES
 
 TINY = {
@@ -138,10 +138,10 @@ def test_ws_equals_albert_style_tying(family):
 
 
 def test_default_scopes_are_the_papers():
-    assert bank_of(create_model("ws_deit_tiny_patch16_224", **TINY["vit"][1])).names == (
+    assert shared_sets_of(create_model("ws_deit_tiny_patch16_224", **TINY["vit"][1])).names == (
         "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
         "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")
-    assert set(bank_of(create_model("ws_convnext_iso_small", **TINY["convnext"][1])).names) == {
+    assert set(shared_sets_of(create_model("ws_convnext_iso_small", **TINY["convnext"][1])).names) == {
         "dwconv.weight", "dwconv.bias", "pwconv1.weight", "pwconv1.bias", "pwconv2.weight", "pwconv2.bias"}
     m = create_model("deit_tiny_patch16_224", share_rate=2, scope="norm+attn.qkv", **TINY["vit"][1])
     assert set(m.shared.names) == {"norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
@@ -168,7 +168,7 @@ def test_fuse_equals_wfws(family, fusion, mapping):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(ws(x), wfws(x), rtol=1e-5, atol=1e-5)
     assert n_params(ws) == unique_parameters(wfws) < n_params(wfws)
-    assert bank_of(ws).fusion is None and not any("coeffs" in k for k in ws.state_dict())
+    assert shared_sets_of(ws).fusion is None and not any("coeffs" in k for k in ws.state_dict())
 
 
 def test_fusion_groups_follow_the_mapping_by_hand():
@@ -189,18 +189,19 @@ def test_wfws_trains_every_stored_copy_and_coefficient():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in wfws.parameters())
 
 
-def test_spin_convmixer_is_shared_by_its_own_implementation():
+def test_spin_convmixer_shares_through_spin_share_in_upstream_keys():
     m = randomize_bn(create_model("convmixer_768_32_14_3", dim=16, depth=4, patch_kernel=4, num_classes=5)).eval()
     ws = share(m, share_rate=2, mapping="strided", scope="both")
-    assert sorted(k for k in ws.state_dict() if k.startswith(("pwise_w", "dwise_w"))) == \
-        ["dwise_w.0", "dwise_w.1", "pwise_w.0", "pwise_w.1"]
-    assert torch.equal(ws.pwise_w[1], m.pwise_w[1])  # set 1 = layers (1, 3): from layer 1
-    assert torch.equal(ws.dwise_w[0], m.blocks[0].dwise_blk[0].weight)
+    sd, own = ws.state_dict(), m.state_dict()
+    assert sorted(k for k in sd if k.startswith("pwise_w") or k.startswith("shared.sets") and k.endswith("weight")) == \
+        ["pwise_w.0", "pwise_w.1", "shared.sets.0.dwise_blk.0.weight", "shared.sets.1.dwise_blk.0.weight"]
+    assert torch.equal(sd["pwise_w.1"], own["pwise_w.1"])  # set 1 = layers (1, 3): from layer 1
+    assert torch.equal(sd["shared.sets.0.dwise_blk.0.weight"], own["blocks.0.dwise_blk.0.weight"])
     wfws = share(m, share_rate=2, fusion="mean").eval()
-    torch.testing.assert_close(fuse(wfws).pwise_w[0], (m.pwise_w[0] + m.pwise_w[1]) / 2)
-    norm = share(m, share_rate=2, scope="norm")  # the BatchNorms of layer 0 serve layers 0 and 1
-    assert torch.equal(norm.norm_a[0].running_var, m.blocks[0].dwise_blk[2].running_var)
-    assert torch.equal(norm.norm_b[1].weight, m.blocks[2].bn2.weight)
+    torch.testing.assert_close(fuse(wfws).state_dict()["pwise_w.0"], (own["pwise_w.0"] + own["pwise_w.1"]) / 2)
+    norm = share(m, share_rate=2, scope="norm")  # affine from layer 0 for layers 0 and 1; statistics per layer
+    assert torch.equal(norm.state_dict()["shared.sets.1.bn2.weight"], own["blocks.2.bn2.weight"])
+    assert torch.equal(norm.blocks[1].dwise_blk[2].running_var, m.blocks[1].dwise_blk[2].running_var)
 
 
 # ---------------------------------------------------------------- official layouts on disk
@@ -415,10 +416,10 @@ def test_share_argument_errors_leave_the_model_untouched(kwargs, needle):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(SharingError, match=needle):
         share(model, **kwargs)
-    assert bank_of(model) is None and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert shared_sets_of(model) is None and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(SharingError, match="takes a torch.nn.Module, got a int"):
         share(3, share_rate=2)
 
 
 def test_numpy_integers_are_integers():
-    assert bank_of(share(vanilla("vit"), share_rate=np.int64(2), seed=np.int32(1))).plan.layer_to_set == (0, 0, 1, 1)
+    assert shared_sets_of(share(vanilla("vit"), share_rate=np.int64(2), seed=np.int32(1))).plan.layer_to_set == (0, 0, 1, 1)

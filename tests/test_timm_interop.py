@@ -8,6 +8,7 @@ from timm.models.convmixer import ConvMixer
 from conftest import randomize_bn
 from spin.engine.checkpoint import load_model_weights
 from spin.models import SpinConvMixer, convert_timm_state_dict
+from spin.share_transform import fuse
 from spin.sharing import build_plan
 
 
@@ -29,8 +30,8 @@ def test_wfws_starts_from_timm_weights():
                          pointwise_residual=False, plan=build_plan(4, share_rate=2), fusion="mean")
     load_model_weights(wfws, convert_timm_state_dict(ref.state_dict()), source="timm")
     sd = ref.state_dict()
-    fused = wfws.fuse()
-    torch.testing.assert_close(fused.pwise_w[1], (sd["blocks.2.1.weight"] + sd["blocks.3.1.weight"]) / 2)
+    fused = fuse(wfws)
+    torch.testing.assert_close(fused.state_dict()["pwise_w.1"], (sd["blocks.2.1.weight"] + sd["blocks.3.1.weight"]) / 2)
 
 
 def test_conversion_rejects_foreign_keys():
@@ -41,7 +42,7 @@ def test_conversion_rejects_foreign_keys():
 def test_timm_create_model():
     assert "spin_ws_convmixer_768_32_14_3" in timm.list_models("spin_*")
     m = timm.create_model("spin_ws_convmixer_768_32_14_3", num_classes=10, dim=32, depth=4)
-    assert isinstance(m, SpinConvMixer) and len(m.pwise_w) == 2 and m.num_classes == 10
+    assert isinstance(m, SpinConvMixer) and len(m.shared.sets) == 2 and m.num_classes == 10
     assert m(torch.randn(1, 3, 28, 28)).shape == (1, 10)
     with pytest.raises(ValueError, match="no hub weights"):
         timm.create_model("spin_convmixer_768_32_14_3", pretrained=True)

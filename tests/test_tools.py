@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder, randomize_bn
+from spin.share_transform import unique_parameters
 from spin.cli import main
 from spin.config import load_config
 from spin.engine import checkpoint as cu
@@ -43,7 +44,7 @@ def wfws_checkpoint(tmp_path, fusion, mapping="sequential", dim=32, with_optimiz
 def test_export_equals_wfws_and_reloads_with_ws_config(tmp_path, fusion, mapping):
     cfg, wfws, path = wfws_checkpoint(tmp_path, fusion, mapping)
     out = fuse_checkpoint(cfg, path, str(tmp_path / "fused.pyth"), safetensors=True)
-    assert out["params_after"] == wfws.unique_parameters() < out["params_before"]
+    assert out["params_after"] == unique_parameters(wfws) < out["params_before"]
     ck = cu.load_checkpoint(out["output"])
     assert "optimizer_state" not in ck and not any(k.startswith("reduction_w") for k in ck["model_state"])
     assert sum(k.startswith("pwise_w.") for k in ck["model_state"]) == 2

@@ -10,7 +10,8 @@ import os
 
 from yacs.config import CfgNode
 
-from ..fusion import parse_fusion, parse_relax
+from ..fusion import parse_fusion
+from ..relax import parse_relax
 from ..paths import folder_problem
 from ..sharing import DISTRIBUTIONS, MAPPINGS, SharingError, parse_scope
 from .defaults import CHOICES, FAMILY_SECTIONS, MODEL_FAMILIES, get_cfg

@@ -26,8 +26,8 @@ import yaml
 
 from .. import identity as idn
 from ..errors import SpinError
-from ..transform import init_relax
-from .engine import NonFiniteLossError
+from ..share_transform import fit_relax_deltas
+from .loop import NonFiniteLossError
 from .runfolder import atomic_write
 
 _NAME = re.compile(r"^checkpoint_epoch_(\d{5})\.pyth$")
@@ -99,6 +99,7 @@ def save_checkpoint(path: str, model: nn.Module, epoch: int, cfg=None, optimizer
     state = {"epoch": int(epoch), "model_state": unwrap(model).state_dict()}
     if optimizer is not None:
         state["optimizer_state"] = optimizer.state_dict()
+        state["optimizer_params"] = optimizer_params(optimizer, model)
     if cfg is not None:
         state["cfg"] = cfg if isinstance(cfg, str) else cfg.dump()
     if cfg is not None and not isinstance(cfg, str):
@@ -238,10 +239,34 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
 def fit_relax_to_file(model: nn.Module, ck: dict) -> bool:
     """A relaxed WFWS model loaded from a file without deltas (a vanilla one): fit the deltas to the
     file's per-layer weights, as ``spin.share`` does for a pretrained model. True if it fitted."""
-    return not any(k.startswith(RELAX_KEYS) for k in ck["model_state"]) and init_relax(unwrap(model))
+    return not any(k.startswith(RELAX_KEYS) for k in ck["model_state"]) and fit_relax_deltas(unwrap(model))
 
 
-def _load_optimizer(optimizer, ck: dict, path: str) -> None:
+def _param_keys(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> its state-dict key (a key a checkpoint's model_state has)."""
+    return {id(v): k for k, v in unwrap(model).state_dict(keep_vars=True).items() if isinstance(v, nn.Parameter)}
+
+
+def optimizer_params(optimizer, model: nn.Module) -> list[str]:
+    """The state-dict key of each parameter in the optimizer's order: its state is stored by
+    position, so a resume must see the same list."""
+    keys = _param_keys(model)
+    return [keys.get(id(p), "?") for group in optimizer.param_groups for p in group["params"]]
+
+
+def _load_optimizer(optimizer, model: nn.Module, ck: dict, path: str) -> None:
+    want = optimizer_params(optimizer, model)
+    if "optimizer_params" in ck:
+        same = list(ck["optimizer_params"]) == want
+    else:  # a file of an earlier spin or of upstream: its parameters must come in this model's order
+        keys = set(_param_keys(model).values())
+        same = [k for k in ck["model_state"] if k in keys] == [k for k in unwrap(model).state_dict() if k in keys]
+    if not same:
+        raise CheckpointError(
+            f"the optimizer state in {path} is stored for its parameters in another order than this model's "
+            f"(a file of upstream SPIN or of an earlier spin, whose model had another module layout): resuming "
+            f"it would give each parameter another one's moments. Set TRAIN.CHECKPOINT_EPOCH_RESET True to "
+            f"start a new schedule from its weights")
     try:
         optimizer.load_state_dict(ck["optimizer_state"])
     except (ValueError, KeyError) as e:
@@ -318,7 +343,7 @@ def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, em
         say(f"initialised weights from {path}; starting at epoch 1")
         return 0
     if "optimizer_state" in ck and optimizer is not None:
-        _load_optimizer(optimizer, ck, path)
+        _load_optimizer(optimizer, model, ck, path)
     if "scaler_state" in ck and scaler is not None and scaler.is_enabled():
         scaler.load_state_dict(ck["scaler_state"])
     say(f"resumed from {path} (epoch {ck['epoch'] + 1} done)" if latest else

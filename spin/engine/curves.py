@@ -8,7 +8,7 @@ import io
 import os
 from typing import Optional, Sequence
 
-from .logging import MetricsCSV
+from .log import MetricsCSV
 from .runfolder import RunFolderError, atomic_write
 
 

@@ -18,12 +18,12 @@ import torch.nn as nn
 from ..config import check_cfg
 from ..data import DataError, build_dataset, build_loader
 from ..models import build_model
-from ..transform import sharing_of, unique_parameters
+from ..share_transform import sharing_of, unique_parameters
 from . import checkpoint as cu
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
 from .curves import plot_runs
-from .engine import evaluate, train_one_epoch
-from .logging import MetricsCSV, TensorBoard, format_eta, log_epoch, log_json_stats, memory_gb, setup_logging
+from .loop import evaluate, train_one_epoch
+from .log import MetricsCSV, TensorBoard, format_eta, log_epoch, log_json_stats, memory_gb, setup_logging
 from .optim import construct_optimizer, get_lr_at_epoch
 from .runfolder import RunLock, record_config, remove_temp_files
 from .verify import verify_run

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import SpinError
 from . import checkpoint as cu
-from .engine import evaluate
+from .loop import evaluate
 from .runfolder import atomic_write
 
 FILE = "checkpoint_eval.json"

@@ -23,7 +23,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 
-from ..transform import register_family
+from ..share_transform import register_family
 from .registry import apply_sharing, overlay_cfg, register_shared_variants, split_plan_kwargs
 
 # The official recipe's evaluation: resize 256, centre crop 224, bicubic, ImageNet mean/std.

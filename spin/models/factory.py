@@ -12,7 +12,8 @@ import torch
 
 from ..config import FAMILY_SECTIONS, MODEL_FAMILIES, ConfigError
 from ..errors import SpinError
-from ..fusion import parse_fusion, parse_relax
+from ..fusion import parse_fusion
+from ..relax import parse_relax
 from ..sharing import SharingError, SharingPlan, build_plan
 from .convmixer import SpinConvMixer
 from .convnext_iso import convnext_isotropic

@@ -9,7 +9,7 @@ from __future__ import annotations
 from timm.models import get_pretrained_cfg
 from timm.models.mlp_mixer import MlpMixer
 
-from ..transform import register_family
+from ..share_transform import register_family
 from .registry import create_timm, register_shared_variants
 
 register_family(MlpMixer, "mixer")

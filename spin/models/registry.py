@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..config import ConfigError
 from ..fusion import parse_fusion
-from ..transform import share
+from ..share_transform import share
 from ..sharing import SharingPlan, build_plan, parse_scope, refuse_beside_plan
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}

@@ -14,10 +14,12 @@ import sys
 import torch
 from timm.models.convmixer import ConvMixer
 
-from ..transform import register_family
+from ..share_transform import register_family
 from .registry import get_builder, list_models
 
-register_family(ConvMixer, "convmixer")  # timm's layout: spin.share works on it directly
+# timm's block is Sequential(Residual(Sequential(dwconv, act, BN)), 1x1 conv, act, BN).
+register_family(ConvMixer, "convmixer", {"pointwise": ("1.*",), "depthwise": ("0.fn.0.*",),
+                                         "norm": ("0.fn.2.*", "3.*")})
 
 _RULES = [
     (r"^stem\.0\.(.*)$", r"patch_embed.conv.\1"),
@@ -32,7 +34,7 @@ _RULES = [
 
 
 def convert_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm ConvMixer state dict -> spin keys (per-layer pointwise sets pwise_w.{i})."""
+    """timm ConvMixer state dict -> spin's (upstream's) keys, per-layer pointwise sets pwise_w.{i}."""
     out = {}
     for key, value in state_dict.items():
         for pattern, repl in _RULES:

@@ -39,7 +39,7 @@ from .. import identity as idn
 from ..config import get_cfg, load_config, merge_known
 from ..engine.checkpoint import (checkpoint_identity, checkpoint_path, epochs_done, latest_checkpoint,
                                  load_checkpoint)
-from ..engine.logging import format_eta
+from ..engine.log import format_eta
 from ..engine.runfolder import RunLock, atomic_write, lock_holder
 from ..errors import SpinError
 from .spec import SweepError, Trial, max_epoch

@@ -1,5 +1,5 @@
 """One epoch of training and one evaluation pass, with explicit arguments (DeiT/torchvision
-style). Neither knows which model it runs; :class:`~spin.engine.logging.MetricLogger` wraps the
+style). Neither knows which model it runs; :class:`~spin.engine.log.MetricLogger` wraps the
 loop (timing, progress bar, json_stats lines) and the body is the step."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..data.folder import DataError
 from ..errors import SpinError
-from .logging import MetricLogger
+from .log import MetricLogger
 from .optim import set_lr
 
 

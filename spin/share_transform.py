@@ -1,0 +1,499 @@
+"""``spin.share``: parameter sharing as a model transform, for any isotropic network.
+
+``share(model, share_rate=2, ...)`` takes a model whose trunk is a stack of D structurally identical
+blocks (``model.blocks``, or ``blocks="path.to.stack"``) and returns it with block i reading set
+p(i) of a :class:`~spin.sharing.SharingPlan` for every block parameter in scope. The model keeps
+its class, forward and timm contract; blocks run their own forward code.
+
+* WS (no fusion): the N sets live at ``shared.sets.{g}.<block-relative name>`` (e.g.
+  ``shared.sets.0.attn.qkv.weight``); set g starts as a copy of its first member layer, and the
+  per-layer copies leave the blocks. Out-of-scope parameters keep their keys.
+* WFWS (``fusion``): the D per-layer parameters stay where they are (``blocks.{i}.<name>``, the
+  vanilla keys, so any vanilla checkpoint loads) and are fused into set p(i) on every forward,
+  grouped by the plan's mapping; weighted fusions learn ``shared.coeffs.{i}.<name>``, a (1,) or
+  (C_out,) coefficient per layer and in-scope weight (tensors of 2+ dims; biases, norms and layer
+  scales use the plain mean). :func:`fuse` exports the WS model with equal logits.
+* Relaxed sharing (``relax="lora"`` with ``relax_rank`` r, or ``relax="scale"``): layer i reads
+  its set plus a per-layer delta (``spin.fusion``: W + B_i A_i, or per-channel scale / shift) kept
+  at ``shared.relax_params.{i}.<name>_lora_a|_lora_b|_scale|_shift`` and kept by the export. ``share``
+  initialises the deltas from the model it transforms (truncated SVD of W_i - W_{p(i)}, or the
+  least-squares scale), so a relaxed model starts as close to the original as the rank allows.
+
+How a block reads its set: a forward pre-hook puts the tensor of its set on the block's submodule
+as a plain attribute (``qkv.weight``), which Python finds before nn.Module's parameter lookup. WS
+puts the shared Parameter itself there (re-pointed at every forward, so .to(), load_state_dict and
+deepcopy cannot leave it stale); WFWS and relaxed sharing put the computed tensor there for the
+block's forward only (a forward hook that runs even when the forward raises takes it away), so
+outside a forward ``blocks[i]...weight`` is the stored per-layer parameter again. In grad mode a
+call of the whole stack fuses each group once, for this call only (its members share the fused
+tensor; the memo is dropped when the call ends, also on an exception); a block called on its own
+(gradient checkpointing's recompute, ``forward_intermediates``) fuses its group itself, so
+checkpointing and gradient accumulation get their own fresh graphs. Eval works the same way: every
+forward fuses afresh, so an evaluation always sees the weights as they are now, whatever changed
+them (any optimizer, fused ones included, EMA, load_state_dict, in-place edits). Fusions outlive
+a forward only inside an explicit no-grad ``with spin.cached(model):`` block, whose caller promises
+that no weight changes in it (deployment: ``spin.fuse`` removes the fusion altogether).
+
+Buffers (BatchNorm running statistics) stay per layer whatever the scope.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import numbers
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .fusion import coefficient_shape, fuse_group, parse_fusion
+from .relax import fit_init, parse_relax, relax_apply, relax_shapes, zero_init
+from .sharing import SharingError, SharingPlan, build_plan, parse_scope, refuse_beside_plan, scope_patterns
+
+__all__ = ["SharedSets", "cached", "family_of", "fit_relax_deltas", "fuse", "layer_weights", "param_tree",
+           "register_family", "share", "shared_sets_of", "sharing_of", "unique_parameters",
+           "SharedBlocks", "bank_of", "init_relax"]  # the last three: former names
+
+# Model class -> (family, its named scope parts when they differ from spin.sharing.SCOPES[family]).
+_FAMILIES: dict[type, tuple[str, Optional[dict]]] = {}
+_KEY = "_spin_layer"  # a block's (SharedSets, layer index, [(module, attribute, name)])
+
+
+def register_family(model_cls: type, family: str, parts: Optional[dict] = None) -> None:
+    """Declare that ``model_cls`` (and its subclasses) has blocks of ``family``; ``parts`` maps its
+    named scope parts to block-relative glob patterns where its block names differ from the
+    family's (timm's ConvMixer beside spin's)."""
+    _FAMILIES[model_cls] = (family, parts)
+
+
+def _family_entry(model: nn.Module) -> tuple[Optional[str], Optional[dict]]:
+    for cls in type(model).__mro__:
+        if cls in _FAMILIES:
+            return _FAMILIES[cls]
+    return None, None
+
+
+def family_of(model: nn.Module) -> Optional[str]:
+    return _family_entry(model)[0]
+
+
+def param_tree(tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """{'attn.qkv.weight': t, ...} -> a module holding Parameter(t) at that dotted name."""
+    root = nn.Module()
+    for name, t in tensors.items():
+        *path, leaf = name.split(".")
+        mod = root
+        for part in path:
+            if part not in mod._modules:
+                mod.add_module(part, nn.Module())
+            mod = mod._modules[part]
+        mod.register_parameter(leaf, nn.Parameter(t))
+    return root
+
+
+class SharedSets(nn.Module):
+    """The shared sets (WS) or fusion coefficients (WFWS) of a shared model, at ``model.shared``,
+    and the rule for the tensor each block reads (:meth:`layer_tensor`)."""
+
+    def __init__(self, stack: nn.Module, plan: SharingPlan, fusion: Optional[str],
+                 names: Sequence[str], blocks_path: str, family: Optional[str],
+                 sets: Optional[list[dict[str, torch.Tensor]]] = None, relax: Optional[str] = None,
+                 relax_rank: int = 0):
+        super().__init__()
+        self.plan, self.fusion, self.names = plan, fusion, tuple(names)
+        self.relax, self.relax_rank = relax, relax_rank
+        self.blocks_path, self.family = blocks_path, family
+        # References, not submodules (the keys stay): the stack, and per layer / set / coefficient
+        # holder the (module, attribute) of each name, read from _parameters on every use.
+        object.__setattr__(self, "_stack", stack)
+        object.__setattr__(self, "_stored", [_slots(b, names) for b in stack])
+        self._pass: Optional[dict] = None  # this stack call's fusions
+        self._scoped: Optional[dict] = None  # the fusions of an open spin.cached() block
+        self._coeff_names: tuple = ()
+        if fusion is None:
+            self.sets = nn.ModuleList([param_tree(s) for s in sets])
+            object.__setattr__(self, "_sets", [_slots(h, names) for h in self.sets])
+        else:
+            first = dict(stack[0].named_parameters())
+            shapes = {n: coefficient_shape(fusion, first[n].shape[0]) for n in names if first[n].dim() >= 2}
+            if any(shapes.values()):
+                self.coeffs = nn.ModuleList([param_tree({n: torch.ones(s) for n, s in shapes.items()})
+                                             for _ in range(plan.depth)])
+                self._coeff_names = tuple(shapes)
+                object.__setattr__(self, "_coeffs", [_slots(h, shapes) for h in self.coeffs])
+        self._relax_of: dict = {}  # name -> {suffix: shape}
+        if relax:
+            first = dict(stack[0].named_parameters()) if fusion else {n: t for n, t in sets[0].items()}
+            self._relax_of = {n: relax_shapes(relax, tuple(first[n].shape), relax_rank) for n in names}
+            self._relax_of = {n: v for n, v in self._relax_of.items() if v}
+            flat = {f"{n}_{suffix}": shape for n, v in self._relax_of.items() for suffix, shape in v.items()}
+            self.relax_params = nn.ModuleList([param_tree(zero_init(relax, flat)) for _ in range(plan.depth)])
+            object.__setattr__(self, "_relax", [
+                {n: _slots(h, [f"{n}_{x}" for x in v]) for n, v in self._relax_of.items()}
+                for h in self.relax_params])
+
+    def extra_repr(self) -> str:
+        return (f"depth={self.plan.depth}, sets={self.plan.num_sets}, map={list(self.plan.layer_to_set)}, "
+                f"fusion={self.fusion}, relax={self.relax}{self.relax_rank or ''}, "
+                f"scope={'+'.join(self.plan.scope) or 'default'}")
+
+    @property
+    def static(self) -> bool:
+        """True when every block reads a Parameter itself (WS, no relax): it stays on the block
+        between forwards (re-pointed at each one)."""
+        return self.fusion is None and self.relax is None
+
+    def stored(self, layer: int, name: str) -> torch.Tensor:
+        """Layer's own parameter ``name`` (from _parameters, not getattr: the attribute may hold
+        an injected tensor of a block whose forward was cut short)."""
+        return _read(self._stored[layer][name])
+
+    def set_tensor(self, g: int, name: str) -> torch.Tensor:
+        """Set g's tensor: the shared Parameter (WS) or the fusion of its group (WFWS)."""
+        if self.fusion is None:
+            return _read(self._sets[g][name])
+        members = self.plan.groups[g]
+        weights = [_read(self._stored[l][name]) for l in members]
+        coeffs = [_read(self._coeffs[l][name]) for l in members] if name in self._coeff_names else None
+        # A memo lives only as long as a scope in which no weight can change: one call of the
+        # stack (the optimizer steps between calls), or a no-grad spin.cached() block whose caller
+        # promises the same. Nothing is keyed on tensor versions, which fused optimizers skip.
+        memo = self._scoped if self._scoped is not None and not torch.is_grad_enabled() else self._pass
+        if memo is None:  # a block called on its own (checkpointing, intermediates)
+            return fuse_group(weights, self.fusion, coeffs)
+        if (g, name) not in memo:  # the first member this scope: fuse once
+            memo[(g, name)] = fuse_group(weights, self.fusion, coeffs)
+        return memo[(g, name)]
+
+    def relax_of(self, i: int, name: str) -> dict:
+        """Layer i's relax parameters of ``name`` by suffix (lora_a, lora_b, scale, shift)."""
+        return {f"{x}": _read(slot) for x, slot in zip(self._relax_of.get(name, {}),
+                                                       self._relax[i].get(name, {}).values())}
+
+    def layer_tensor(self, i: int, name: str) -> torch.Tensor:
+        base = self.set_tensor(self.plan.layer_to_set[i], name)
+        if self.relax is None or name not in self._relax_of:
+            return base
+        return relax_apply(self.relax, base, self.relax_of(i, name))
+
+    @torch.no_grad()
+    def fit_deltas(self, originals: Callable[[int, str], torch.Tensor]) -> None:
+        """Fit every layer's delta to bring its set back to ``originals(i, name)`` (the model's own
+        weights): truncated SVD of the residual (lora), least-squares scale or shift (scale)."""
+        for i in range(self.plan.depth):
+            for name in self._relax_of:
+                fit_init(self.relax_of(i, name), originals(i, name),
+                          self.set_tensor(self.plan.layer_to_set[i], name))
+
+    def inject_all(self) -> None:
+        for block in self._stack:
+            _inject(block, ())
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.static:  # .to()/.half() may replace the shared Parameters: re-point blocks
+            self.inject_all()
+        if self._scoped is not None:
+            self._scoped.clear()
+        return out
+
+    def batchnorm_parameters(self) -> list:
+        """The shared sets' parameters that belong to BatchNorm layers (BN.WEIGHT_DECAY applies)."""
+        if self.fusion is not None:  # the stored copies stay in their BatchNorm modules
+            return []
+        return [_read(self._sets[g][n]) for g in range(self.plan.num_sets) for n in self.bn_names]
+
+    def export_drops(self) -> int:
+        """Parameters that the WS export drops: WFWS's D - N extra copies and its coefficients."""
+        if self.fusion is None:
+            return 0
+        per_layer = sum(self.stored(0, n).numel() for n in self.names)
+        coeffs = sum(p.numel() for p in self.coeffs.parameters()) if hasattr(self, "coeffs") else 0
+        return coeffs + (self.plan.depth - self.plan.num_sets) * per_layer
+
+
+def _slots(root: nn.Module, names) -> dict:
+    return {n: (root.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in names}
+
+
+def _read(slot) -> torch.Tensor:
+    return slot[0]._parameters[slot[1]]
+
+
+def _open_pass(stack: nn.Module, args) -> None:
+    stack.__dict__[_KEY]._pass = {}
+
+
+def _close_pass(stack: nn.Module, args, output) -> None:
+    stack.__dict__[_KEY]._pass = None
+
+
+def _inject(block: nn.Module, args) -> None:
+    shared, i, targets = block.__dict__[_KEY]
+    for mod, attr, name in targets:
+        object.__setattr__(mod, attr, shared.layer_tensor(i, name))
+
+
+def _release(block: nn.Module, args, output) -> None:
+    for mod, attr, _ in block.__dict__[_KEY][2]:
+        mod.__dict__.pop(attr, None)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
+
+
+def _find_stack(model: nn.Module, blocks: str) -> nn.Module:
+    try:
+        stack = model.get_submodule(blocks)
+    except AttributeError:
+        stack = None
+    if not isinstance(stack, (nn.Sequential, nn.ModuleList)) or len(stack) == 0:
+        found = [n for n, m in model.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))
+                 and len(m) > 1 and len({type(b) for b in m}) == 1]
+        raise SharingError(
+            f"no uniform block stack at {type(model).__name__}.{blocks}: sharing needs an "
+            f"nn.Sequential or nn.ModuleList of identical blocks; pass blocks='path.to.stack'"
+            + (f" (candidates: {', '.join(found[:5])})" if found else ""))
+    kinds = {type(b).__name__ for b in stack}
+    if len(kinds) > 1:
+        raise SharingError(f"{blocks} holds blocks of different types ({', '.join(sorted(kinds))}); "
+                           f"sharing needs structurally identical blocks")
+    return stack
+
+
+def _in_scope(stack: nn.Module, tokens: tuple[str, ...], family: Optional[str], blocks: str,
+              parts: Optional[dict] = None) -> list[str]:
+    """Block-relative names of the parameters in scope, checked to exist with one shape per block."""
+    params = dict(stack[0].named_parameters())
+    names: list[str] = []
+    for token in tokens or ("",):
+        patterns = scope_patterns((token,) if token else (), family, parts)
+        hit = [n for n in params if any(_matches(n, p) for p in patterns)]
+        if not hit:
+            raise SharingError(
+                f"sharing scope {token or 'default'!r} ({', '.join(patterns)}) matches no parameter "
+                f"of the {type(stack[0]).__name__} blocks at {blocks}; their parameters: "
+                f"{', '.join(list(params)[:12])}{' ...' if len(params) > 12 else ''}")
+        names += [n for n in hit if n not in names]
+    for i, block in enumerate(stack):
+        own = dict(block.named_parameters())
+        for n in names:
+            if n not in own or own[n].shape != params[n].shape:
+                got = tuple(own[n].shape) if n in own else "no such parameter"
+                raise SharingError(
+                    f"blocks differ: {blocks}.{i}.{n} is {got} but {blocks}.0.{n} is "
+                    f"{tuple(params[n].shape)}; sharing needs structurally identical blocks")
+    return names
+
+
+def _install(model: nn.Module, stack: nn.Module, plan: SharingPlan, fusion: Optional[str],
+             names: list[str], blocks: str, family: Optional[str],
+             sets: Optional[list[dict[str, torch.Tensor]]] = None, relax: Optional[str] = None,
+             relax_rank: int = 0) -> SharedSets:
+    if fusion is None:  # the per-layer copies leave the blocks; the sets hold them once
+        for block in stack:
+            for n in names:
+                mod_name, _, leaf = n.rpartition(".")
+                delattr(block.get_submodule(mod_name) if mod_name else block, leaf)
+    shared = SharedSets(stack, plan, fusion, names, blocks, family, sets, relax, relax_rank)
+    shared.bn_names = tuple(n for n in names if isinstance(stack[0].get_submodule(n.rpartition(".")[0]),
+                                                         nn.modules.batchnorm._BatchNorm))
+    model.add_module("shared", shared)
+    for i, block in enumerate(stack):
+        targets = []
+        for n in names:
+            mod_name, _, leaf = n.rpartition(".")
+            targets.append((block.get_submodule(mod_name) if mod_name else block, leaf, n))
+        object.__setattr__(block, _KEY, (shared, i, targets))
+        block.register_forward_pre_hook(_inject)
+        if not shared.static:
+            block.register_forward_hook(_release, always_call=True)
+    if shared.static:
+        shared.inject_all()
+    else:  # a call of the whole stack fuses each group once (its members share the tensor)
+        object.__setattr__(stack, _KEY, shared)
+        stack.register_forward_pre_hook(_open_pass)
+        stack.register_forward_hook(_close_pass, always_call=True)
+    return shared
+
+
+def _uninstall(model: nn.Module) -> SharedSets:
+    shared = model.shared
+    for module in [*shared._stack, shared._stack]:
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for k in [k for k, fn in hooks.items() if fn in (_inject, _release, _open_pass, _close_pass)]:
+                del hooks[k]
+                module._forward_hooks_always_called.pop(k, None)
+        if module is not shared._stack:
+            _release(module, (), None)
+        module.__dict__.pop(_KEY, None)
+    del model.shared
+    return shared
+
+
+@contextlib.contextmanager
+def cached(model: nn.Module):
+    """Inside the block, no-grad forwards of a WFWS model reuse each group's fusion instead of
+    recomputing it per forward (``torch.nn.utils.parametrize.cached``'s contract): the caller
+    promises that no weight of ``model`` changes inside it. Grad-mode forwards ignore it. Leaving
+    the block drops every memo, so nothing derived survives a change made after it."""
+    holders = [m for m in model.modules() if "_scoped" in m.__dict__ and m.__dict__["_scoped"] is None]
+    for m in holders:
+        m._scoped = {}
+    try:
+        yield model
+    finally:
+        for m in holders:
+            m._scoped = None
+
+
+def shared_sets_of(model: nn.Module) -> Optional[SharedSets]:
+    """The SharedSets of a model transformed by :func:`share`, else None."""
+    shared = getattr(model, "shared", None)
+    return shared if isinstance(shared, SharedSets) else None
+
+
+SharedBlocks, bank_of = SharedSets, shared_sets_of  # their former names
+
+
+def share(
+    model: nn.Module,
+    share_rate: int = 1,
+    *,
+    num_sets: int = 0,
+    distribution: Union[str, Sequence[int]] = "uniform",
+    mapping: Union[str, Sequence[int]] = "sequential",
+    seed: int = 0,
+    scope: Union[str, Sequence[str], None] = None,
+    fusion: Optional[str] = None,
+    relax: Optional[str] = None,
+    relax_rank: int = 0,
+    fit_relax: bool = True,
+    plan: Optional[SharingPlan] = None,
+    blocks: str = "blocks",
+    family: Optional[str] = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Share the parameters in ``scope`` across the layers of ``model``'s block stack.
+
+    The plan comes from the keywords (as :func:`spin.build_plan`) or from ``plan=``. ``scope``
+    defaults to the family's (DeiT ``attn+mlp``, ConvNeXt ``dwconv+pwconv``, ConvMixer
+    ``pointwise``, MLP-Mixer ``token+channel``; every block parameter for other models). ``relax``
+    (lora with ``relax_rank``, or scale) adds per-layer deltas, fitted to the model's own weights
+    (``fit_relax=False``: at their from-scratch init, B = 0 / scale 1, so the model is plain WS).
+    Returns a transformed copy (the input is untouched unless ``inplace``); see the module docstring.
+    """
+    if not isinstance(model, nn.Module):
+        raise SharingError(f"spin.share takes a torch.nn.Module, got a {type(model).__name__}")
+    if not isinstance(blocks, str):
+        raise SharingError(f"blocks is the dotted path of the block stack inside the model (e.g. 'blocks', "
+                           f"'trunk.layers'), got a {type(blocks).__name__}")
+    for name, value in (("inplace", inplace), ("fit_relax", fit_relax)):
+        if not isinstance(value, bool):
+            raise SharingError(f"{name} must be True or False, got {value!r}")
+    if not isinstance(relax_rank, numbers.Integral) or isinstance(relax_rank, bool):
+        raise SharingError(f"relax_rank must be an integer, got {relax_rank!r}")
+    refuse_beside_plan(plan, share_rate=share_rate, num_sets=num_sets, distribution=distribution, mapping=mapping,
+                       seed=seed, scope=scope)
+    fusion, relax = parse_fusion(fusion), parse_relax(relax, relax_rank)
+    if relax_rank and relax != "lora":
+        raise SharingError(f"relax_rank {relax_rank} is read only by relax='lora'; add it, or drop relax_rank")
+    if plan is None and fusion is None and share_rate is not True and share_rate == 1 and not num_sets \
+            and isinstance(mapping, str) and isinstance(distribution, str):
+        raise SharingError("nothing to share: give share_rate >= 2, num_sets, an explicit mapping or "
+                           "distribution, or plan= (or fusion= for a WFWS model)")
+    if shared_sets_of(model) is not None:
+        raise SharingError("this model is already shared; share a vanilla model (spin.fuse(model) "
+                           "exports a WFWS model as WS)")
+    if hasattr(model, "shared"):
+        raise SharingError(f"{type(model).__name__} already has an attribute 'shared'; spin.share "
+                           f"stores the sets there")
+    own_family, parts = _family_entry(model)
+    if family is not None and family != own_family:
+        parts = None  # a family named by the caller: its vocabulary, not the class's
+    family = family or own_family
+    stack = _find_stack(model, blocks)
+    depth = len(stack)
+    if plan is None:
+        plan = build_plan(depth, share_rate, num_sets, distribution, mapping, seed, scope)
+    else:
+        if plan.depth != depth:
+            raise SharingError(f"the plan is for depth {plan.depth} but {blocks} has {depth} blocks")
+        if scope is not None:
+            plan = SharingPlan(plan.layer_to_set, parse_scope(scope))
+    names = _in_scope(stack, plan.scope, family, blocks, parts)
+    if not inplace:
+        model = copy.deepcopy(model)
+        stack = model.get_submodule(blocks)
+    sets = originals = None
+    with torch.no_grad():
+        if relax and fit_relax:  # the model's own per-layer weights, which the deltas are fitted to
+            originals = [{n: stack[i].get_parameter(n).detach().clone() for n in names} for i in range(depth)]
+        if fusion is None:
+            sets = [{n: stack[members[0]].get_parameter(n).detach().clone() for n in names}
+                    for members in plan.groups]
+    shared = _install(model, stack, plan, fusion, names, blocks, family, sets, relax, relax_rank)
+    if originals is not None:
+        shared.fit_deltas(lambda i, n: originals[i][n])
+    return model
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """The WS export of a WFWS model: N sets holding the fused tensors, no coefficients, the
+    per-layer copies gone; its eval logits equal the WFWS model's. Returns a new model."""
+    shared = shared_sets_of(model)
+    if shared is None or shared.fusion is None:
+        raise SharingError("fuse() needs a WFWS model (shared with a fusion); this model has none")
+    with torch.no_grad():
+        sets = [{n: shared.set_tensor(g, n).detach().clone() for n in shared.names}
+                for g in range(shared.plan.num_sets)]
+    out = copy.deepcopy(model)
+    old = _uninstall(out)
+    stack = out.get_submodule(old.blocks_path)
+    new = _install(out, stack, old.plan, None, list(old.names), old.blocks_path, old.family, sets,
+                   old.relax, old.relax_rank)
+    if old.relax:  # the deltas are part of the export
+        new.relax_params.load_state_dict(old.relax_params.state_dict())
+    return out
+
+
+def fit_relax_deltas(model: nn.Module) -> bool:
+    """Fit a relaxed WFWS model's deltas to its stored per-layer weights (after loading a vanilla
+    checkpoint into it): the relaxed model then starts as close to that checkpoint as the rank
+    allows. Returns False when there is nothing to fit (no relax, or WS: no per-layer weights)."""
+    shared = shared_sets_of(model)
+    if shared is None or not shared.relax or shared.fusion is None:
+        return False
+    shared.fit_deltas(shared.stored)
+    return True
+
+
+init_relax = fit_relax_deltas  # its former name
+
+
+def unique_parameters(model: nn.Module) -> int:
+    """Parameters of the model as exported (WFWS: after :func:`fuse`); any model."""
+    shared = shared_sets_of(model)
+    return sum(p.numel() for p in model.parameters()) - (shared.export_drops() if shared else 0)
+
+
+def layer_weights(model: nn.Module, scope=None) -> list[dict[str, torch.Tensor]]:
+    """Per layer, the in-scope weights that layer has of its own: the stored copies of a vanilla
+    or WFWS model (what a fusion combines), the set (with its delta) each layer reads in a WS
+    model. ``scope`` (a vanilla model only; default: the family's) names what is in scope."""
+    shared = shared_sets_of(model)
+    if shared is not None:
+        read = shared.stored if shared.fusion else shared.layer_tensor
+        return [{n: read(i, n) for n in shared.names} for i in range(shared.plan.depth)]
+    stack = _find_stack(model, "blocks")
+    family, parts = _family_entry(model)
+    names = _in_scope(stack, parse_scope(scope), family, "blocks", parts)
+    return [{n: block.get_parameter(n) for n in names} for block in stack]
+
+
+def sharing_of(model: nn.Module):
+    """(plan, fusion) of a model shared by :func:`share`, else (None, None)."""
+    shared = shared_sets_of(model)
+    return (shared.plan, shared.fusion) if shared is not None else (None, None)
