@@ -23,7 +23,8 @@ def test_two_process_gloo_ddp_through_torchrun(tmp_path):
            "SOLVER.MAX_EPOCH", "3"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert p.returncode == 0, p.stderr[-3000:]
+    log = (out / "stdout.log").read_text() if (out / "stdout.log").exists() else ""
+    assert p.returncode == 0, f"{p.stderr[-3000:]}\n--- stdout\n{p.stdout[-1500:]}\n--- stdout.log\n{log[-1500:]}"
     with open(out / "stdout.log") as f:
         stats = [json.loads(line.split("json_stats: ", 1)[1]) for line in f if "json_stats: " in line]
     epochs = [s for s in stats if s["_type"] == "train_epoch"]

@@ -59,9 +59,16 @@ def init_distributed(num_gpus: int, backend: str = "nccl", init_method: str = "e
     return DistInfo(rank, world_size, local_rank, local_world_size, device)
 
 
-def cleanup():
+def cleanup(finished: bool = False):
+    """Leave the group; after a finished job, together: a rank that tears its gloo threads down
+    while another still talks to it can abort the process (CI saw a SIGABRT at exit once). A
+    failed rank leaves at once, so the others stop instead of waiting for it."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if finished:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

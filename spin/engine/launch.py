@@ -20,14 +20,16 @@ def _spawned(local_rank: int, cfg, init_method: str, job: Callable):
                             rank=cfg.SHARD_ID * cfg.NUM_GPUS + local_rank,
                             world_size=cfg.NUM_SHARDS * cfg.NUM_GPUS, local_rank=local_rank,
                             local_world_size=cfg.NUM_GPUS)
+    finished = False
     try:
         job(cfg, info)
+        finished = True
     except SpinError as e:  # said once, by rank 0; the parent then reports that a process stopped
         if local_rank == 0:
             print(f"spin: error: {str(e).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(1 if isinstance(e, ConsistencyError) else 2)
     finally:
-        cleanup()
+        cleanup(finished)
 
 
 class LaunchError(SpinError, RuntimeError):
@@ -39,10 +41,13 @@ def launch(cfg, init_method: str, job: Callable):
     per GPU (SlowFast style, --init_method/--shard_id/--num_shards). Otherwise one process."""
     if under_torchrun():
         info = init_distributed(cfg.NUM_GPUS, cfg.DIST_BACKEND)
+        finished = False
         try:
-            return job(cfg, info)
+            out = job(cfg, info)
+            finished = True
+            return out
         finally:
-            cleanup()
+            cleanup(finished)
     if cfg.NUM_GPUS > 1 and torch.cuda.is_available():
         if torch.cuda.device_count() < cfg.NUM_GPUS:
             raise ConfigError(f"NUM_GPUS is {cfg.NUM_GPUS} but this machine has "
