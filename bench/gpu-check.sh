@@ -81,7 +81,7 @@ if [ "$DRY" = 0 ] && [ "$BACKEND" = nccl ] && ! grep -q "^ddp_nccl 0 " "$OUT/ste
   step ddp_gloo "$(dirname "$PY")/${DDP[0]}" "${DDP[@]:1}" DIST_BACKEND gloo OUTPUT_DIR "$OUT/ddp_gloo"
 fi
 [ "$DRY" = 1 ] && exit 0
-"$PY" -c "import sys; from spin.bench import gpu_check_report; print(gpu_check_report(sys.argv[1]))" "$OUT" \
+"$PY" -c "import sys; from spin.tools.bench import gpu_check_report; print(gpu_check_report(sys.argv[1]))" "$OUT" \
   | tee "$OUT/summary.md"
 # exit 1 if a step failed (a refused NCCL run on one GPU counts as passed when gloo then ran)
 awk '$2 != 0 && !($1 == "ddp_nccl") {bad=1} $1 ~ /^ddp_/ && $2 == 0 {ddp=1} END {exit (bad || !ddp)}' "$OUT/steps.txt"

@@ -163,7 +163,7 @@ def stats_main(argv: Sequence[str]):
 
 def predict_main(argv: Sequence[str]):
     """spin predict --checkpoint ck.pyth IMAGE...: top-5 classes per image."""
-    from .predict import predict
+    from .tools.predict import predict
 
     p = ArgumentParser(prog="spin predict", description=predict_main.__doc__)
     p.add_argument("--checkpoint", required=True, help="a spin checkpoint with a stored cfg, or an exported "
@@ -397,7 +397,7 @@ def analyze_main(argv: Sequence[str]):
 
 def bench_main(argv: Sequence[str]):
     """spin bench [--preset imagenet,cifar] [--device cuda --amp bf16]: throughput vs timm."""
-    from .bench import main as bench
+    from .tools.bench import main as bench
 
     return bench(list(argv))
 
