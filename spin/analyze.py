@@ -256,13 +256,11 @@ def suggest(s: np.ndarray, vectors: torch.Tensor, n: int) -> list[dict]:
              "fusion_error": fusion_error(vectors, m)} for name, m in out]
 
 
-def yaml_snippet(layer_map: Sequence[int], section: str) -> str:
+def yaml_snippet(layer_map: Sequence[int]) -> str:
     """The plan as the config keys to paste (SHARING_MAPPING custom + LAYER_MAP)."""
-    indent = "  " * section.count(".")
-    head = "".join(f"{'  ' * k}{part}:\n" for k, part in enumerate(section.split(".")))
-    return (head + f"{indent}  ENABLE: True\n{indent}  SHARING_MAPPING: custom\n"
-            f"{indent}  LAYER_MAP: [{', '.join(map(str, layer_map))}]\n"
-            f"{indent}  SHARE_RATE: 1  # the map fixes the sets (a rate beside it is refused)\n")
+    return ("WEIGHT_SHARE:\n  ENABLE: True\n  SHARING_MAPPING: custom\n"
+            f"  LAYER_MAP: [{', '.join(map(str, layer_map))}]\n"
+            "  SHARE_RATE: 1  # the map fixes the sets (a rate beside it is refused)\n")
 
 
 # ------------------------------------------------------------------------------ pictures
@@ -290,7 +288,7 @@ def heatmap(matrix: np.ndarray, title: str, path: str, layer_to_set: Optional[Se
 
 
 def analyze(model: torch.nn.Module, loader, images: int, out: str, suggest_n: int = 0, by: str = "weights",
-            section: str = "WEIGHT_SHARE", device: torch.device = torch.device("cpu")) -> dict:
+            device: torch.device = torch.device("cpu")) -> dict:
     """CKA and weight similarity of ``model``; heatmaps and analysis.json in ``out``."""
     plan, fusion = sharing_of(model)
     layer_map = list(plan.layer_to_set) if plan is not None and plan.is_shared else None
@@ -307,7 +305,7 @@ def analyze(model: torch.nn.Module, loader, images: int, out: str, suggest_n: in
         result["suggestions"] = suggest(s, vectors, suggest_n)
         result["suggested_by"] = by
         for cand in result["suggestions"]:
-            cand["yaml"] = yaml_snippet(cand["layer_map"], section)
+            cand["yaml"] = yaml_snippet(cand["layer_map"])
     text = json.dumps(result, indent=1)
     atomic_write(os.path.join(out, "analysis.json"), lambda f: f.write(text.encode()))
     return result

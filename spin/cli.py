@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .config import ArgumentParser, ConfigError, cfg_from_args, check_cfg, get_args_parser, load_config
+from .config import ArgumentParser, ConfigError, cfg_from_args, check_cfg, get_args_parser, load_config, plan_opts
 from .engine.checkpoint import cfg_from_checkpoint, latest_checkpoint
 from .engine.distributed import under_torchrun
 from .engine.launch import launch, run_net_job, test_job
@@ -96,7 +96,6 @@ def launch_main(argv: Sequence[str]):
 def fuse_main(argv: Sequence[str]):
     """spin fuse --cfg WFWS.yaml TRAIN.CHECKPOINT_FILE_PATH ck.pyth: export a fused WS checkpoint."""
     from .export import default_output, fuse_checkpoint, human_bytes
-    from .models.factory import plan_section_name
 
     p = get_args_parser("spin fuse", fuse_main.__doc__)
     p.add_argument("--output", default="", help="output .pyth (default OUTPUT_DIR/<name>-fused.pyth)")
@@ -114,7 +113,7 @@ def fuse_main(argv: Sequence[str]):
           f"{human_bytes(out['file_bytes_after'])} (tensors {human_bytes(out['state_bytes_after'])})")
     if out["safetensors"]:
         print(f"        {out['safetensors']}: {human_bytes(out['safetensors_bytes'])}")
-    print(f"it stores its WS config ({plan_section_name(cfg)}.REDUCTION_FN None): spin test "
+    print(f"it stores its WS config (WEIGHT_SHARE.REDUCTION_FN None): spin test "
           f"TEST.CHECKPOINT_FILE_PATH {out['output']}")
     return out
 
@@ -283,7 +282,7 @@ def sweep_main(argv: Sequence[str]):
         if args.cfg or args.seeds is not None:
             raise ConfigError("--cfg and --seeds come from the sweep file with --sweep; edit the file")
         for t in trials:  # the command line's overrides come after the file's
-            t.opts = t.opts + list(args.opts)
+            t.opts = t.opts + plan_opts(args.opts, "the command line's overrides")
     else:
         if not args.cfg:
             raise ConfigError("spin sweep --grid needs --cfg BASE.yaml")
@@ -353,7 +352,7 @@ def analyze_main(argv: Sequence[str]):
     from .analyze import analyze
     from .data import build_dataset, build_loader
     from .engine.checkpoint import build_model_from_checkpoint
-    from .models.factory import model_depth, plan_section_name
+    from .models.factory import model_depth
 
     p = ArgumentParser(prog="spin analyze", description=analyze_main.__doc__)
     p.add_argument("--checkpoint", required=True, help="a trained checkpoint (its stored cfg builds the model)")
@@ -384,8 +383,7 @@ def analyze_main(argv: Sequence[str]):
                           f"the depth {depth}")
     val = build_dataset(cfg, "val")
     loader = build_loader(cfg, val, False, max(4, min(cfg.TEST.BATCH_SIZE, args.images)))
-    res = analyze(model, loader, args.images, out, args.suggest or 0, args.by or "weights",
-                  plan_section_name(cfg))
+    res = analyze(model, loader, args.images, out, args.suggest or 0, args.by or "weights")
     print(f"{out}: cka.png, weights.png, analysis.json ({res['images']} images, {len(res['cka'])} layers)")
     for cand in res.get("suggestions", []):
         print(f"\n{cand['name']}: layer map {cand['layer_map']}, mean within-group {res['suggested_by']} similarity "

@@ -25,7 +25,6 @@ import torch.nn as nn
 from .engine import checkpoint as cu
 from .engine.runfolder import atomic_write
 from .errors import SpinError
-from .models.factory import plan_section
 from .paths import check_file
 from .share_transform import fuse, sharing_of, unique_parameters
 
@@ -52,7 +51,7 @@ def load_ws_model(checkpoint: str, cfg=None, opts=()) -> tuple[nn.Module, object
     if sharing_of(model)[1]:
         model = fuse(model).eval()
         cfg = cfg.clone()
-        plan_section(cfg).REDUCTION_FN = None
+        cfg.WEIGHT_SHARE.REDUCTION_FN = None
     return model, cfg, ck
 
 

@@ -15,7 +15,7 @@ from .config import check_cfg
 from .engine import checkpoint as cu
 from .engine.runfolder import atomic_write
 from .identity import identity
-from .models.factory import fusion_from_cfg, plan_section, plan_section_name
+from .models.factory import fusion_from_cfg
 from .paths import check_file
 from .share_transform import fuse
 
@@ -34,11 +34,10 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
     """Load ``checkpoint`` into the WFWS model of ``cfg``, fuse, write ``output`` (and
     ``output`` with .safetensors). Returns sizes and paths."""
     check_cfg(cfg, "fuse")
-    where = plan_section_name(cfg)
     if not fusion_from_cfg(cfg):
         raise cu.CheckpointError(
-            f"spin fuse needs the WFWS config the checkpoint was trained with ({where}.ENABLE True "
-            f"and {where}.REDUCTION_FN set, e.g. configs/WFWS-ConvMixer.yaml)")
+            "spin fuse needs the WFWS config the checkpoint was trained with (WEIGHT_SHARE.ENABLE True "
+            "and WEIGHT_SHARE.REDUCTION_FN set, e.g. configs/WFWS-ConvMixer.yaml)")
     st_path = os.path.splitext(output)[0] + ".safetensors" if safetensors else None
     for path, name in ((output, "--output"), (st_path, "the .safetensors beside --output")):
         if path:
@@ -48,7 +47,7 @@ def fuse_checkpoint(cfg, checkpoint: str, output: str, safetensors: bool = False
     wfws.eval()
     ws = fuse(wfws)
     ws_cfg = cfg.clone()
-    plan_section(ws_cfg).REDUCTION_FN = None
+    ws_cfg.WEIGHT_SHARE.REDUCTION_FN = None
     ws_cfg.TRAIN.CHECKPOINT_FILE_PATH = ""
     ws_cfg.TRAIN.CHECKPOINT_EPOCH_RESET = False
     state = {k: v.contiguous() for k, v in ws.state_dict().items()}

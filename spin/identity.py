@@ -67,20 +67,20 @@ def _harmless(key: str) -> bool:
 
 def _model_part(cfg, flat: dict) -> dict:
     from .config import FAMILY_SECTIONS
-    from .models.factory import family, fusion_from_cfg, plan_from_cfg, plan_section_name, relax_from_cfg
+    from .models.factory import family, fusion_from_cfg, plan_from_cfg, relax_from_cfg
     from .sharing import DEFAULT_SCOPES
 
-    fam, where = family(cfg), plan_section_name(cfg)
+    fam = family(cfg)
     section = FAMILY_SECTIONS[fam] + "."
     part = {"family": fam, **{k: flat[k] for k in MODEL_KEYS[1:]}}
-    part.update({k: v for k, v in flat.items() if k.startswith(section) and not k.startswith(where + ".")})
+    part.update({k: v for k, v in flat.items() if k.startswith(section)})
     if fam in ("vit", "mixer"):
         part["DATA.TRAIN_CROP_SIZE"] = flat["DATA.TRAIN_CROP_SIZE"]
     plan, relax = plan_from_cfg(cfg), relax_from_cfg(cfg)
-    part[f"{where} layer->set map"] = list(plan.layer_to_set)
-    part[f"{where} scope"] = ("+".join(plan.scope) or DEFAULT_SCOPES[fam]) if plan.is_shared else "-"
-    part[f"{where} fusion"] = fusion_from_cfg(cfg)
-    part[f"{where} relax"] = f"{relax['relax']} rank {relax['relax_rank']}" if relax["relax"] == "lora" \
+    part["WEIGHT_SHARE layer->set map"] = list(plan.layer_to_set)
+    part["WEIGHT_SHARE scope"] = ("+".join(plan.scope) or DEFAULT_SCOPES[fam]) if plan.is_shared else "-"
+    part["WEIGHT_SHARE fusion"] = fusion_from_cfg(cfg)
+    part["WEIGHT_SHARE relax"] = f"{relax['relax']} rank {relax['relax_rank']}" if relax["relax"] == "lora" \
         else relax["relax"]
     return part
 
@@ -116,10 +116,13 @@ def identity_of_stored(data: Optional[dict], classes=None) -> Optional[dict]:
 
 def differences(old: dict, new: dict, action: str) -> tuple[list, list]:
     """(refused, logged): ``(name, old value, new value)`` of every entry both sides know that
-    differs; refused are those ``RULES[action]`` names."""
+    differs; refused are those ``RULES[action]`` names. Entries of an identity stored before
+    WEIGHT_SHARE was every family's plan section are read under their current names."""
+    from .config import plan_key
+
     refused, logged = [], []
     for part in PARTS:
-        a, b = old.get(part) or {}, new.get(part) or {}
+        a, b = ({plan_key(k): v for k, v in (side.get(part) or {}).items()} for side in (old, new))
         for key in a:
             if key in b and a[key] != b[key]:
                 hit = any(p == part and k in (None, key) for p, k in RULES[action])

@@ -38,22 +38,21 @@ from .errors import SpinError
 DISTRIBUTIONS = ("uniform", "front", "back", "middle")
 MAPPINGS = ("sequential", "strided", "pyramid", "random")
 
-# Named scopes of each model family: name -> glob patterns on block-relative parameter names.
-# The patterns follow the published layouts (timm's ViT Block, MixerBlock and ConvMixer blocks,
-# the official ConvNeXt block); spin's own ConvMixer resolves its names itself (upstream keys).
-SCOPES = {
-    "convmixer": {"pointwise": ("pwise.*",), "depthwise": ("dwise_blk.0.*",), "norm": ("dwise_blk.2.*", "bn2.*")},
-    "vit": {"attn": ("attn.qkv.*", "attn.proj.*"), "mlp": ("mlp.*",), "norm": ("norm1.*", "norm2.*"),
-            "ls": ("ls1.*", "ls2.*")},
-    "convnext": {"dwconv": ("dwconv.*",), "pwconv": ("pwconv1.*", "pwconv2.*"), "norm": ("norm.*",),
-                 "gamma": ("gamma",)},
-    "mixer": {"token": ("mlp_tokens.*",), "channel": ("mlp_channels.*",), "norm": ("norm1.*", "norm2.*")},
-}
-DEFAULT_SCOPES = {"convmixer": "pointwise", "vit": "attn+mlp", "convnext": "dwconv+pwconv",
-                  "mixer": "token+channel"}
+# Named scopes of each model family: name -> glob patterns on block-relative parameter names, and
+# the scope a plan without one shares. Each family registers its own (spin.models.family).
+SCOPES: dict[str, dict[str, tuple[str, ...]]] = {}
+DEFAULT_SCOPES: dict[str, str] = {}
 SCOPE_ALIASES = {"both": ("pointwise", "depthwise"), "bn": ("norm",), "all": ("*",)}
-# Canonical order of named parts, so a scope prints the same however it was written.
-SCOPE_NAMES = tuple(dict.fromkeys(n for f in SCOPES.values() for n in f))
+# Canonical order of named parts (registration order), so a scope prints the same however it was written.
+SCOPE_NAMES: list[str] = []
+
+
+def register_scopes(family: str, parts: dict, default: str) -> None:
+    SCOPES[family] = {k: tuple(v) for k, v in parts.items()}
+    DEFAULT_SCOPES[family] = default
+    SCOPE_NAMES.extend(n for n in parts if n not in SCOPE_NAMES)
+
+
 _PATTERN_CHARS = set(".*?[")
 
 Distribution = Union[str, Sequence[int]]

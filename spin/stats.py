@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import check_cfg
-from .models import build_model, family, plan_section
+from .models import build_model, family
 from .models.factory import relax_from_cfg
 from .share_transform import sharing_of, unique_parameters
 from .sharing import DEFAULT_SCOPES
@@ -48,7 +48,7 @@ def describe(cfg, name: str = "") -> dict:
     with torch.device("meta"):
         model = build_model(cfg)
     plan, fusion = sharing_of(model)
-    ws = plan_section(cfg)
+    ws = cfg.WEIGHT_SHARE
     relax = relax_from_cfg(cfg)["relax"]
     params = sum(p.numel() for p in model.parameters())
     unique = unique_parameters(model)

@@ -96,7 +96,7 @@ def test_analyze_suggests_the_planted_groups_with_zero_fusion_error(tmp_path, ca
     assert "contiguous (best): layer map [0, 0, 0, 0, 1, 1, 1, 1]" in out
     assert "any grouping (best): layer map [0, 0, 0, 0, 1, 1, 1, 1]" in out
     assert "relative fusion error 0.0000" in out and "LAYER_MAP: [0, 0, 0, 0, 1, 1, 1, 1]" in out
-    assert "CONVMIXER:\n  WEIGHT_SHARE:\n    ENABLE: True\n    SHARING_MAPPING: custom" in out
+    assert "WEIGHT_SHARE:\n  ENABLE: True\n  SHARING_MAPPING: custom" in out
     folder = tmp_path / "run" / "analysis"
     for png in ("cka.png", "weights.png"):
         with Image.open(folder / png) as im:
@@ -228,7 +228,7 @@ def test_relax_config_keys_and_a_vanilla_checkpoint_start(tmp_path):
                                                "OUTPUT_DIR", str(tmp_path / name)]))["loss"]
               for name, opts in (("v", ["CONVMIXER.WEIGHT_SHARE.ENABLE", "False"]), ("r", base))]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
-    with pytest.raises(Exception, match=r"RELAX lora needs a rank: set CONVMIXER.WEIGHT_SHARE.RELAX_RANK >= 1"):
+    with pytest.raises(Exception, match=r"RELAX lora needs a rank: set WEIGHT_SHARE.RELAX_RANK >= 1"):
         from spin.config import check_cfg
 
         check_cfg(load_config([TINY], ["CONVMIXER.WEIGHT_SHARE.RELAX", "lora"]))

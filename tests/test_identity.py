@@ -67,13 +67,13 @@ def finetune(*extra):
 TEST = ["test", "TEST.CHECKPOINT_FILE_PATH", "{ck}"]
 REFUSED = [  # (argv, the words the one error line holds)
     (resume("CONVMIXER.WEIGHT_SHARE.SHARING_MAPPING", "strided"),
-     "CONVMIXER.WEIGHT_SHARE layer->set map [0, 0, 1, 1] -> [0, 1, 0, 1]"),
+     "WEIGHT_SHARE layer->set map [0, 0, 1, 1] -> [0, 1, 0, 1]"),
     (resume("CONVMIXER.ACT_FUNC", "GELU"), "CONVMIXER.ACT_FUNC 'RELU' -> 'GELU'; to train this config choose a new OUTPUT_DIR"),
     (resume("CONVMIXER.POINTWISE_RESIDUAL", "False"), "CONVMIXER.POINTWISE_RESIDUAL True -> False"),
     (resume(*FOLDER, "{renamed}"), "TRAIN.DATASET 'digits' -> 'imagenet'"),
     (resume("CONVMIXER.WEIGHT_SHARE.SEED", "3", "CONVMIXER.WEIGHT_SHARE.SHARING_MAPPING", "random"), "layer->set map"),
     (TEST + ["CONVMIXER.WEIGHT_SHARE.SHARING_MAPPING", "strided"], "holds another model than requested: "
-     "CONVMIXER.WEIGHT_SHARE layer->set map [0, 0, 1, 1] -> [0, 1, 0, 1]; drop the overrides"),
+     "WEIGHT_SHARE layer->set map [0, 0, 1, 1] -> [0, 1, 0, 1]; drop the overrides"),
     (TEST + ["CONVMIXER.ACT_FUNC", "GELU", "--cfg", DIGITS, *SMALL], "CONVMIXER.ACT_FUNC 'RELU' -> 'GELU'"),
     (TEST + FOLDER + ["{d9}"], "other classes than the data's: 10 -> 9 classes (only stored: ['0'], only requested: [])"),
     (TEST + FOLDER + ["{renamed}"], "10 -> 10 classes (only stored: ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']"),
@@ -115,7 +115,7 @@ def test_checkpoints_store_their_identity_and_old_ones_derive_it(world, tmp_path
     ck = torch.load(world["ck"], weights_only=True)
     ident = ck["identity"]
     assert ident["model"]["family"] == "convmixer" and ident["model"]["CONVMIXER.CHANNEL"] == 16
-    assert ident["model"]["CONVMIXER.WEIGHT_SHARE layer->set map"] == [0, 0, 1, 1]
+    assert ident["model"]["WEIGHT_SHARE layer->set map"] == [0, 0, 1, 1]
     assert ident["classes"]["classes"] == [str(k) for k in range(10)]
     assert ident["data"]["DATA.PATH_TO_DATA_DIR"] == os.path.abspath(world["digits"])
     run = shutil.copytree(world["run"], tmp_path / "run")

@@ -57,7 +57,7 @@ def test_grid_by_seeds_rerun_and_report(data, tmp_path, capsys):
     assert "8/8 trials done" in capsys.readouterr().out
     table = rows(out)
     assert len(table) == 8 and {r["status"] for r in table} == {"done"}
-    rate, scope = "CONVMIXER.WEIGHT_SHARE.SHARE_RATE", "CONVMIXER.WEIGHT_SHARE.SCOPE"
+    rate, scope = "WEIGHT_SHARE.SHARE_RATE", "WEIGHT_SHARE.SCOPE"  # the published names, read as the current
     assert {(r[rate], r[scope], r["seed"]) for r in table} == {
         (a, b, c) for a in ("1", "2") for b in ("pointwise", "both") for c in ("0", "1")}
     ws_both = [r for r in table if r[rate] == "2" and r[scope] == "both"]
@@ -105,12 +105,12 @@ def test_a_broken_trial_config_refuses_the_sweep_before_anything_is_written(tmp_
         assert main(argv + extra) == 2
         lines = capsys.readouterr().err.splitlines()
         # one line per problem, naming its trials: the fusion 'median' (2 rates x 2 seeds) and the
-        # rate 3 that does not divide the depth 4 (2 other fusions x 2 seeds)
+        # rate 3 that does not divide the depth 4 (3 fusions x 2 seeds)
         assert len(lines) == 2 and all(l.startswith("spin: error: trials grid/") for l in lines), lines
         rate, fusion = sorted(lines, key=lambda l: "median" in l)
-        assert "REDUCTION_FN=median_SHARE_RATE=2-s0" in fusion and "(+1 more): CONVMIXER.WEIGHT_SHARE.REDUCTION_FN " \
+        assert "REDUCTION_FN=median_SHARE_RATE=2-s0" in fusion and "(+1 more): WEIGHT_SHARE.REDUCTION_FN " \
             "'median': unknown weight fusion" in fusion
-        assert "REDUCTION_FN=None_SHARE_RATE=3-s0" in rate and "(+1 more)" in rate and "share rate 3" in rate
+        assert "REDUCTION_FN=None_SHARE_RATE=3-s0" in rate and "(+3 more)" in rate and "share rate 3" in rate
         assert not out.exists()
 
 

@@ -56,7 +56,7 @@ def test_export_equals_wfws_and_reloads_with_ws_config(tmp_path, fusion, mapping
     torch.testing.assert_close(ws.eval()(x), wfws(x), rtol=1e-5, atol=1e-5)
     # ... and from its own stored cfg, whose fusion is off.
     rebuilt, stored, _ = cu.build_model_from_checkpoint(out["output"])
-    assert stored.CONVMIXER.WEIGHT_SHARE.REDUCTION_FN is None
+    assert stored.WEIGHT_SHARE.REDUCTION_FN is None
     torch.testing.assert_close(rebuilt.eval()(x), wfws(x), rtol=1e-5, atol=1e-5)
     st_model, _ = load_safetensors_model(out["safetensors"])
     torch.testing.assert_close(st_model.eval()(x), wfws(x), rtol=1e-5, atol=1e-5)
@@ -98,7 +98,7 @@ def test_fuse_cli_and_tools_script(tmp_path, capsys):
     # 4 classes: vanilla 1632 + 4 * 1504 + 132 = 7,780, + 4 scalar coefficients; fused: 2 sets fewer
     assert "7,784 parameters" in printed.splitlines()[0] and "5,668 parameters" in printed.splitlines()[1]
     fused = str(tmp_path / "out" / "wfws-scalar_weighted_mean-sequential-fused.pyth")
-    assert printed.splitlines()[-1] == ("it stores its WS config (CONVMIXER.WEIGHT_SHARE.REDUCTION_FN None): "
+    assert printed.splitlines()[-1] == ("it stores its WS config (WEIGHT_SHARE.REDUCTION_FN None): "
                                         f"spin test TEST.CHECKPOINT_FILE_PATH {fused}")
     assert os.path.exists(tmp_path / "out" / "wfws-scalar_weighted_mean-sequential-fused.pyth")
     assert main(["fuse", *args]) == 2  # refuses to overwrite

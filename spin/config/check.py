@@ -10,18 +10,12 @@ import os
 
 from yacs.config import CfgNode
 
-from ..fusion import parse_fusion
-from ..relax import parse_relax
 from ..paths import folder_problem
-from ..sharing import DISTRIBUTIONS, MAPPINGS, SharingError, parse_scope
+from ..sharing import SharingError
 from .defaults import CHOICES, FAMILY_SECTIONS, MODEL_FAMILIES, get_cfg
 from .parser import ConfigError
 
 JOBS = ("train", "test", "fuse", "stats", "predict")
-
-
-def _changed(node: CfgNode, default: CfgNode, prefix: str) -> list[str]:
-    return [f"{prefix}{k}" for k in node if node[k] != default[k]]
 
 
 def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> None:
@@ -43,48 +37,18 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
     family = MODEL_FAMILIES.get(cfg.MODEL.MODEL_NAME)
     default = get_cfg()
     if family is not None:
-        own = "CONVMIXER.WEIGHT_SHARE" if family == "convmixer" else "WEIGHT_SHARE"
-        other = cfg.WEIGHT_SHARE if family == "convmixer" else cfg.CONVMIXER.WEIGHT_SHARE
-        other_default = default.WEIGHT_SHARE if family == "convmixer" else default.CONVMIXER.WEIGHT_SHARE
-        other_name = "WEIGHT_SHARE" if family == "convmixer" else "CONVMIXER.WEIGHT_SHARE"
-        stray = _changed(other, other_default, other_name + ".")
-        need(not stray, f"{', '.join(stray)} set, but MODEL.MODEL_NAME {cfg.MODEL.MODEL_NAME} reads its "
-                        f"plan from {own}.*; move these keys there")
-        ws = cfg.CONVMIXER.WEIGHT_SHARE if family == "convmixer" else cfg.WEIGHT_SHARE
-        need(str(ws.SHARING_DISTRIBUTION).lower() in DISTRIBUTIONS + ("custom",),
-             f"unknown {own}.SHARING_DISTRIBUTION {ws.SHARING_DISTRIBUTION!r}; allowed: "
-             f"{', '.join(DISTRIBUTIONS)}, custom (with GROUP_SIZES)")
-        need(str(ws.SHARING_MAPPING).lower() in MAPPINGS + ("custom",),
-             f"unknown {own}.SHARING_MAPPING {ws.SHARING_MAPPING!r}; allowed: {', '.join(MAPPINGS)}, "
-             f"custom (with LAYER_MAP)")
-        try:
-            parse_fusion(ws.REDUCTION_FN)
-        except SharingError as e:
-            problems.append(f"{own}.REDUCTION_FN {ws.REDUCTION_FN!r}: {e}")
-        relax = None
-        try:
-            relax = parse_relax(ws.RELAX)
-        except SharingError as e:
-            problems.append(f"{own}.RELAX {ws.RELAX!r}: {e}")
-        if relax and not ws.ENABLE:
-            problems.append(f"{own}.RELAX is {ws.RELAX!r} but {own}.ENABLE is False: relaxed sharing relaxes a "
-                            f"shared model; set {own}.ENABLE True or RELAX none")
-        elif relax == "lora":
-            need(ws.RELAX_RANK >= 1, f"{own}.RELAX lora needs a rank: set {own}.RELAX_RANK >= 1, "
-                                     f"got {ws.RELAX_RANK}")
-        else:
-            need(ws.RELAX_RANK == 0, f"{own}.RELAX_RANK {ws.RELAX_RANK} is read only by RELAX lora; set "
-                                     f"{own}.RELAX lora, or drop RELAX_RANK")
-        need(ws.SHARE_RATE >= 1, f"{own}.SHARE_RATE must be >= 1, got {ws.SHARE_RATE}")
-        need(ws.NUM_SETS >= 0, f"{own}.NUM_SETS must be >= 0 (0: DEPTH / SHARE_RATE), got {ws.NUM_SETS}")
-        try:
-            parse_scope(ws.SCOPE or None)
-        except SharingError as e:
-            problems.append(f"{own}.SCOPE: {e}")
-        problems += _foreign_keys(cfg, family, default)
+        from ..models.factory import fusion_from_cfg, plan_from_cfg, relax_from_cfg
+
         arch = cfg[FAMILY_SECTIONS[family]]
         depth = arch.DEPTH
         need(depth >= 1, f"{FAMILY_SECTIONS[family]}.DEPTH must be >= 1, got {depth}")
+        # the plan keys' own rules, where the model build enforces them (a plan needs a depth)
+        for resolve in ((plan_from_cfg,) if depth >= 1 else ()) + (fusion_from_cfg, relax_from_cfg):
+            try:
+                resolve(cfg)
+            except SharingError as e:
+                problems.append(str(e))
+        problems += _foreign_keys(cfg, family, default)
         problems += _arch_problems(cfg, family)
         if family in ("vit", "mixer"):
             sec = FAMILY_SECTIONS[family]
@@ -192,9 +156,8 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
 
 
 def changed_arch_keys(cfg: CfgNode, sec: str, default: CfgNode) -> list[str]:
-    """The architecture keys of section ``sec`` (its plan subsection aside) that differ from
-    ``default``'s, as ``SEC.KEY``."""
-    return [f"{sec}.{k}" for k in cfg[sec] if k != "WEIGHT_SHARE" and cfg[sec][k] != default[sec][k]]
+    """The architecture keys of section ``sec`` that differ from ``default``'s, as ``SEC.KEY``."""
+    return [f"{sec}.{k}" for k in cfg[sec] if cfg[sec][k] != default[sec][k]]
 
 
 def _foreign_keys(cfg: CfgNode, family: str, default: CfgNode) -> list[str]:

@@ -1,8 +1,9 @@
 """Config defaults in SlowFast's schema (yacs CfgNode: unknown keys and wrong types are errors).
 
-The keys and defaults are the ones SPIN's YAML files and SlowFast users know; everything that
-extends the published design space sits under CONVMIXER.WEIGHT_SHARE with a default that keeps
-upstream behaviour.
+The keys and defaults are the ones SPIN's YAML files and SlowFast users know; every key that
+extends the published design space has a default that keeps upstream behaviour. The plan keys of
+every family sit in WEIGHT_SHARE; the published YAMLs' CONVMIXER.WEIGHT_SHARE.* is read as
+WEIGHT_SHARE.* (spin/config/parser.py).
 """
 from yacs.config import CfgNode
 
@@ -61,40 +62,6 @@ _C.CONVMIXER.ACT_FUNC = "RELU"
 # True: SPIN block (both halves residual). False: original ConvMixer / timm block.
 _C.CONVMIXER.POINTWISE_RESIDUAL = True
 
-
-
-def _weight_share(scope: str) -> CfgNode:
-    """The plan keys (one schema for every family; defaults keep upstream behaviour)."""
-    ws = CfgNode()
-    ws.ENABLE = False
-    # uniform | front | back | middle | custom (then GROUP_SIZES)
-    ws.SHARING_DISTRIBUTION = "uniform"
-    # sequential | strided | pyramid | random (seeded by SEED) | custom (then LAYER_MAP)
-    ws.SHARING_MAPPING = "sequential"
-    ws.SHARE_RATE = 1
-    # None | mean | choose_first | scalar_weighted_mean | channel_weighted_mean
-    ws.REDUCTION_FN = None
-    # number of unique sets N; 0 = DEPTH // SHARE_RATE.
-    ws.NUM_SETS = 0
-    # explicit group sizes, used when SHARING_DISTRIBUTION is custom.
-    ws.GROUP_SIZES = []
-    # explicit layer -> set map, used when SHARING_MAPPING is custom.
-    ws.LAYER_MAP = []
-    # seed of the random mapping (part of the architecture: stored with every checkpoint's cfg).
-    ws.SEED = 0
-    # what is shared: the family's named parts joined with '+' or glob patterns on block-relative
-    # parameter names ('' = the family's default: ConvMixer pointwise, DeiT attn+mlp, ...).
-    ws.SCOPE = scope
-    # relaxed sharing: none | lora (per-layer rank-RELAX_RANK deltas) | scale (per-channel scale/shift)
-    ws.RELAX = "none"
-    ws.RELAX_RANK = 0
-    return ws
-
-
-# ConvMixer configs keep the published place of the plan keys; every other family reads the
-# family-independent WEIGHT_SHARE section below (same keys).
-_C.CONVMIXER.WEIGHT_SHARE = _weight_share("pointwise")
-
 # ViT / DeiT (timm's VisionTransformer; image size = DATA.TRAIN_CROP_SIZE). Defaults: DeiT-S.
 _C.VIT = CfgNode()
 _C.VIT.PATCH_SIZE = 16
@@ -124,7 +91,31 @@ _C.MIXER.EMBED_DIM = 512
 _C.MIXER.DEPTH = 8
 _C.MIXER.MLP_RATIO = [0.5, 4.0]
 
-_C.WEIGHT_SHARE = _weight_share("")
+# The sharing plan, one section for every family (the published YAMLs' CONVMIXER.WEIGHT_SHARE
+# is read as this one).
+_C.WEIGHT_SHARE = CfgNode()
+_C.WEIGHT_SHARE.ENABLE = False
+# uniform | front | back | middle | custom (then GROUP_SIZES)
+_C.WEIGHT_SHARE.SHARING_DISTRIBUTION = "uniform"
+# sequential | strided | pyramid | random (seeded by SEED) | custom (then LAYER_MAP)
+_C.WEIGHT_SHARE.SHARING_MAPPING = "sequential"
+_C.WEIGHT_SHARE.SHARE_RATE = 1
+# None | mean | choose_first | scalar_weighted_mean | channel_weighted_mean
+_C.WEIGHT_SHARE.REDUCTION_FN = None
+# number of unique sets N; 0 = DEPTH // SHARE_RATE.
+_C.WEIGHT_SHARE.NUM_SETS = 0
+# explicit group sizes, used when SHARING_DISTRIBUTION is custom.
+_C.WEIGHT_SHARE.GROUP_SIZES = []
+# explicit layer -> set map, used when SHARING_MAPPING is custom.
+_C.WEIGHT_SHARE.LAYER_MAP = []
+# seed of the random mapping (part of the architecture: stored with every checkpoint's cfg).
+_C.WEIGHT_SHARE.SEED = 0
+# what is shared: the family's named parts joined with '+' or glob patterns on block-relative
+# parameter names ('' = the family's default: ConvMixer pointwise, DeiT attn+mlp, ...).
+_C.WEIGHT_SHARE.SCOPE = ""
+# relaxed sharing: none | lora (per-layer rank-RELAX_RANK deltas) | scale (per-channel scale/shift)
+_C.WEIGHT_SHARE.RELAX = "none"
+_C.WEIGHT_SHARE.RELAX_RANK = 0
 
 _C.MODEL = CfgNode()
 _C.MODEL.NUM_CLASSES = 1000

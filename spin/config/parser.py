@@ -18,6 +18,73 @@ class ConfigError(SpinError, ValueError):
     """A bad config: the message says which key or file, what is wrong and how to fix it."""
 
 
+# ConvMixer's plan keys in the published SPIN YAMLs, and in every config, checkpoint and identity spin
+# wrote while each family had its own plan section; they mean the keys of WEIGHT_SHARE, the plan
+# section of every family, and are renamed wherever a config or an identity is read.
+PUBLISHED_PLAN = "CONVMIXER.WEIGHT_SHARE"
+
+
+def plan_key(key: str) -> str:
+    """``key`` as spin names it: CONVMIXER.WEIGHT_SHARE.X -> WEIGHT_SHARE.X (also an identity's
+    'CONVMIXER.WEIGHT_SHARE scope'); every other key unchanged."""
+    rest = key[len(PUBLISHED_PLAN):]
+    return "WEIGHT_SHARE" + rest if key.startswith(PUBLISHED_PLAN) and rest[:1] in ("", ".", " ") else key
+
+
+def _two_names(clash: dict, where: str) -> ConfigError:
+    """``clash``: {WEIGHT_SHARE.X: (its value under the published name, under WEIGHT_SHARE)}."""
+    given = "; ".join(f"CONVMIXER.{k} {a!r} and {k} {b!r}" for k, (a, b) in clash.items())
+    return ConfigError(f"{given} in {where}: one key under its published and its current name, with different "
+                       f"values; give it once, under WEIGHT_SHARE.* (the plan section of every family)")
+
+
+def _same(a, b) -> bool:
+    return CfgNode._decode_cfg_value(a) == CfgNode._decode_cfg_value(b)  # "None" is None, as yacs reads it
+
+
+def plan_opts(opts: Sequence, where: str) -> list:
+    """KEY VALUE pairs with the published plan keys renamed (:func:`plan_key`); a key given under
+    both names with different values is a ConfigError."""
+    out, published, current = list(opts), {}, {}
+    for i in range(0, len(out) - 1, 2):
+        key = plan_key(str(out[i]))
+        (current if key == str(out[i]) else published)[key] = out[i + 1]  # the last value under each name
+        out[i] = key
+    clash = {k: (v, current[k]) for k, v in published.items() if k in current and not _same(v, current[k])}
+    if clash:
+        raise _two_names(clash, where)
+    return out
+
+
+def _plan_section(data: dict, where: str) -> dict:
+    """A config mapping with its CONVMIXER.WEIGHT_SHARE keys moved into WEIGHT_SHARE. A config
+    spin wrote before carries both sections whole, the one its family did not read at its
+    defaults, so a key at its section's old default there yields to the other name; two values
+    that both mean something are a ConfigError."""
+    conv = data.get("CONVMIXER")
+    if not isinstance(conv, dict) or "WEIGHT_SHARE" not in conv:
+        return data
+    conv = dict(conv)
+    old, new = conv.pop("WEIGHT_SHARE"), data.get("WEIGHT_SHARE", {})
+    data = {**data, "CONVMIXER": conv}
+    if not (isinstance(old, dict) and isinstance(new, dict)):  # not a section: yacs names what is wrong
+        data["WEIGHT_SHARE"] = new if isinstance(old, dict) else old
+        return data
+    defaults = get_cfg().WEIGHT_SHARE
+    merged, clash = {**old, **new}, {}
+    for k in old.keys() & new.keys():
+        if _same(old[k], new[k]) or _same(old[k], "pointwise" if k == "SCOPE" else defaults.get(k)):
+            continue  # agreed, or the old name at its old default (its SCOPE's was pointwise)
+        if _same(new[k], defaults.get(k)):
+            merged[k] = old[k]
+        else:
+            clash["WEIGHT_SHARE." + k] = (old[k], new[k])
+    if clash:
+        raise _two_names(clash, where)
+    data["WEIGHT_SHARE"] = merged
+    return data
+
+
 def all_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
     out = []
     for k, v in cfg.items():
@@ -112,6 +179,7 @@ def merge_file(cfg: CfgNode, path: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} holds a {type(data).__name__}, not a mapping of "
                           f"sections (TRAIN:, SOLVER:, ...); see configs/ for the layout")
+    data = _plan_section(data, f"config file {path}")
     try:
         cfg.merge_from_other_cfg(CfgNode(_floats_in(cfg, data)))
     except (KeyError, ValueError, AssertionError, TypeError, AttributeError) as e:
@@ -122,7 +190,7 @@ def merge_file(cfg: CfgNode, path: str) -> None:
 def merge_opts(cfg: CfgNode, opts: Sequence[str], where: str = "command-line overrides") -> None:
     if len(opts) % 2:
         raise ConfigError(f"{where} must be KEY VALUE pairs, got an odd list: {list(opts)}")
-    opts = list(opts)
+    opts = plan_opts(opts, where)
     for i in range(0, len(opts), 2):
         value = opts[i + 1]
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
@@ -193,6 +261,7 @@ def merge_known(cfg: CfgNode, data: dict) -> list[str]:
             else:
                 pairs.extend([prefix + k, v])
 
-    walk(cfg, data or {}, "")
-    merge_opts(cfg, pairs, "the config stored in the checkpoint")
+    where = "the config stored in the checkpoint"
+    walk(cfg, _plan_section(data or {}, where), "")
+    merge_opts(cfg, pairs, where)
     return skipped

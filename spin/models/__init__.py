@@ -1,13 +1,23 @@
 """Models: ConvMixer (spin's, upstream keys), DeiT/ViT and MLP-Mixer (timm's), the isotropic
 ConvNeXt, each with vanilla, ws_ and wfws_ named builders; config -> model."""
+import warnings
+
 from . import convmixer, convnext_iso, mixer, vit  # noqa: F401  (register the named builders)
 from .convmixer import SpinConvMixer
 from .convnext_iso import ConvNeXtIsotropic
-from .factory import MODEL_FAMILIES, build_model, family, model_kwargs, plan_from_cfg, plan_section
+from .factory import MODEL_FAMILIES, build_model, family, model_kwargs, plan_from_cfg
 from .registry import create_model, list_models, register_model
 from .timm_interop import convert_timm_state_dict, register_with_timm
 
 WSConvMixer = SpinConvMixer  # upstream's class name
+
+
+def plan_section(cfg):
+    """Deprecated: the plan keys are ``cfg.WEIGHT_SHARE`` for every family."""
+    warnings.warn("spin.models.plan_section(cfg) is deprecated; read cfg.WEIGHT_SHARE (the plan section of every "
+                  "family)", DeprecationWarning, stacklevel=2)
+    return cfg.WEIGHT_SHARE
+
 
 __all__ = ["SpinConvMixer", "WSConvMixer", "ConvNeXtIsotropic", "build_model", "model_kwargs",
            "plan_from_cfg", "plan_section", "family", "create_model", "list_models", "register_model",

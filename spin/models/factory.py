@@ -1,8 +1,9 @@
 """Config -> model. This is the one place a CfgNode becomes model keyword arguments.
 
 ``MODEL.MODEL_NAME`` picks the family, its section (CONVMIXER, VIT, CONVNEXT, MIXER) the
-architecture, and the plan keys come from CONVMIXER.WEIGHT_SHARE for ConvMixer (the published
-place) and from WEIGHT_SHARE for every other family.
+architecture, and WEIGHT_SHARE the plan (every family's). ``plan_from_cfg``, ``fusion_from_cfg``
+and ``relax_from_cfg`` are the one home of the plan keys' rules: the config check reports what they
+raise, and the model is built from what they return.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..config import FAMILY_SECTIONS, MODEL_FAMILIES, ConfigError
 from ..errors import SpinError
 from ..fusion import parse_fusion
 from ..relax import parse_relax
-from ..sharing import SharingError, SharingPlan, build_plan
+from ..sharing import DISTRIBUTIONS, MAPPINGS, SharingError, SharingPlan, build_plan, parse_scope
 from .convmixer import SpinConvMixer
 from .convnext_iso import convnext_isotropic
 from .mixer import mlp_mixer
@@ -28,55 +29,80 @@ def family(cfg) -> str:
     return MODEL_FAMILIES[name]
 
 
-def plan_section(cfg):
-    """The config node holding the plan keys for this config's family."""
-    return cfg.CONVMIXER.WEIGHT_SHARE if family(cfg) == "convmixer" else cfg.WEIGHT_SHARE
-
-
-def plan_section_name(cfg) -> str:
-    return "CONVMIXER.WEIGHT_SHARE" if family(cfg) == "convmixer" else "WEIGHT_SHARE"
-
-
 def model_depth(cfg) -> int:
     return cfg[FAMILY_SECTIONS[family(cfg)]].DEPTH
 
 
+def _fusion(ws):
+    try:
+        return parse_fusion(ws.REDUCTION_FN)
+    except SharingError as e:
+        raise SharingError(f"WEIGHT_SHARE.REDUCTION_FN {ws.REDUCTION_FN!r}: {e}") from None
+
+
 def fusion_from_cfg(cfg):
-    ws = plan_section(cfg)
-    return parse_fusion(ws.REDUCTION_FN) if ws.ENABLE else None
+    return _fusion(cfg.WEIGHT_SHARE) if cfg.WEIGHT_SHARE.ENABLE else None
 
 
 def relax_from_cfg(cfg) -> dict:
-    ws = plan_section(cfg)
-    relax = parse_relax(ws.RELAX) if ws.ENABLE else None
+    """``relax`` and ``relax_rank`` of the model: the one place of the RELAX / RELAX_RANK rules."""
+    ws = cfg.WEIGHT_SHARE
+    try:
+        relax = parse_relax(ws.RELAX)
+    except SharingError as e:
+        raise SharingError(f"WEIGHT_SHARE.RELAX {ws.RELAX!r}: {e}") from None
+    if relax and not ws.ENABLE:
+        raise SharingError(f"WEIGHT_SHARE.RELAX is {ws.RELAX!r} but WEIGHT_SHARE.ENABLE is False: relaxed sharing "
+                           f"relaxes a shared model; set WEIGHT_SHARE.ENABLE True or RELAX none")
+    if relax == "lora" and ws.RELAX_RANK < 1:
+        raise SharingError(f"WEIGHT_SHARE.RELAX lora needs a rank: set WEIGHT_SHARE.RELAX_RANK >= 1, "
+                           f"got {ws.RELAX_RANK}")
+    if relax != "lora" and ws.RELAX_RANK != 0:
+        raise SharingError(f"WEIGHT_SHARE.RELAX_RANK {ws.RELAX_RANK} is read only by RELAX lora; set "
+                           f"WEIGHT_SHARE.RELAX lora, or drop RELAX_RANK")
     return {"relax": relax, "relax_rank": ws.RELAX_RANK if relax == "lora" else 0}
 
 
 def plan_from_cfg(cfg) -> SharingPlan:
-    ws, where, depth = plan_section(cfg), plan_section_name(cfg), model_depth(cfg)
-    if not ws.ENABLE:
-        if parse_fusion(ws.REDUCTION_FN):
-            raise SharingError(
-                f"{where}.REDUCTION_FN is {ws.REDUCTION_FN!r} but {where}.ENABLE is False; set "
-                f"{where}.ENABLE True for a WFWS model")
-        return SharingPlan.unshared(depth)
+    """The plan WEIGHT_SHARE.* resolves to against the model's depth; unshared when ENABLE is
+    False, its keys' values checked all the same (a bad value is an error whether it is read or not)."""
+    ws, depth = cfg.WEIGHT_SHARE, model_depth(cfg)
     dist, mapping = str(ws.SHARING_DISTRIBUTION), str(ws.SHARING_MAPPING)
+    if dist.lower() not in DISTRIBUTIONS + ("custom",):
+        raise SharingError(f"unknown WEIGHT_SHARE.SHARING_DISTRIBUTION {dist!r}; allowed: {', '.join(DISTRIBUTIONS)}, "
+                           f"custom (with GROUP_SIZES)")
+    if mapping.lower() not in MAPPINGS + ("custom",):
+        raise SharingError(f"unknown WEIGHT_SHARE.SHARING_MAPPING {mapping!r}; allowed: {', '.join(MAPPINGS)}, "
+                           f"custom (with LAYER_MAP)")
+    if ws.SHARE_RATE < 1:
+        raise SharingError(f"WEIGHT_SHARE.SHARE_RATE must be >= 1, got {ws.SHARE_RATE}")
+    if ws.NUM_SETS < 0:
+        raise SharingError(f"WEIGHT_SHARE.NUM_SETS must be >= 0 (0: DEPTH / SHARE_RATE), got {ws.NUM_SETS}")
+    try:
+        scope = parse_scope(ws.SCOPE or None)
+    except SharingError as e:
+        raise SharingError(f"WEIGHT_SHARE.SCOPE: {e}") from None
+    if not ws.ENABLE:
+        if _fusion(ws):
+            raise SharingError(f"WEIGHT_SHARE.REDUCTION_FN is {ws.REDUCTION_FN!r} but WEIGHT_SHARE.ENABLE is False; "
+                               f"set WEIGHT_SHARE.ENABLE True for a WFWS model")
+        return SharingPlan.unshared(depth)
     if (dist.lower() == "custom") != bool(ws.GROUP_SIZES):
         raise SharingError(
-            f"{where}.SHARING_DISTRIBUTION is {dist!r} and GROUP_SIZES is {list(ws.GROUP_SIZES)}: an "
+            f"WEIGHT_SHARE.SHARING_DISTRIBUTION is {dist!r} and GROUP_SIZES is {list(ws.GROUP_SIZES)}: an "
             f"explicit distribution needs both SHARING_DISTRIBUTION custom and a non-empty GROUP_SIZES list")
     if (mapping.lower() == "custom") != bool(ws.LAYER_MAP):
         raise SharingError(
-            f"{where}.SHARING_MAPPING is {mapping!r} and LAYER_MAP is {list(ws.LAYER_MAP)}: an explicit "
+            f"WEIGHT_SHARE.SHARING_MAPPING is {mapping!r} and LAYER_MAP is {list(ws.LAYER_MAP)}: an explicit "
             f"mapping needs both SHARING_MAPPING custom and a non-empty LAYER_MAP list")
     try:
         return build_plan(
             depth, share_rate=ws.SHARE_RATE, num_sets=ws.NUM_SETS,
             distribution=list(ws.GROUP_SIZES) if ws.GROUP_SIZES else dist,
             mapping=list(ws.LAYER_MAP) if ws.LAYER_MAP else mapping,
-            seed=ws.SEED, scope=ws.SCOPE or None)
+            seed=ws.SEED, scope=scope)
     except SharingError as e:  # build_plan speaks of keywords; say which section they came from
-        raise SharingError(f"{where}: {e}") from None
+        raise SharingError(f"WEIGHT_SHARE: {e}") from None
 
 
 def model_kwargs(cfg) -> dict:
@@ -153,7 +179,7 @@ def build_problem(cfg) -> Optional[str]:
 
     # A sweep checks every trial: trials that differ only in what the model does not read
     # (learning rate, seed, ...) share one build.
-    arch = (cfg.MODEL.dump(), cfg[FAMILY_SECTIONS[family(cfg)]].dump(), plan_section(cfg).dump(),
+    arch = (cfg.MODEL.dump(), cfg[FAMILY_SECTIONS[family(cfg)]].dump(), cfg.WEIGHT_SHARE.dump(),
             cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE, tuple(cfg.DATA.INPUT_CHANNEL_NUM), cfg.AUG.INTERPOLATION)
     if arch in _BUILDS_OK:
         return None

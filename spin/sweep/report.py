@@ -25,6 +25,7 @@ from collections import defaultdict
 from typing import Optional
 
 from .. import identity as idn
+from ..config import plan_key
 from ..engine.curves import read_metrics, save_png
 from ..engine.runfolder import RunFolderError, atomic_write
 from ..engine.verify import read_record
@@ -79,7 +80,7 @@ def _trial_row(folder: str, cache: dict) -> dict:
     values = st.get("values", {})
     row = {"group": st.get("group"), "trial": st.get("name"), "seed": st.get("seed"),
            "status": st.get("status", "pending"), "error": st.get("error", ""),
-           **{k: v for k, v in values.items() if k != "trial"}}
+           **{plan_key(k): v for k, v in values.items() if k != "trial"}}
     refused = []
     try:  # a record whose config no longer loads is shown without a description
         cfg = stored_config(st)
@@ -123,7 +124,8 @@ def collect(out: str) -> tuple[list[dict], list[str]]:
     rows, keys, cache = [], [], {}
     for path in paths:
         row = _trial_row(os.path.dirname(path), cache)
-        keys += [k for k in read_status(os.path.dirname(path)).get("values", {}) if k not in keys and k != "trial"]
+        keys += [k for k in map(plan_key, read_status(os.path.dirname(path)).get("values", {}))
+                 if k not in keys and k != "trial"]
         rows.append(row)
     rows.sort(key=lambda r: (str(r["group"]), str(r["trial"]), r["seed"] or 0))
     return rows, keys

@@ -11,15 +11,15 @@ or from a sweep file (several groups, e.g. one per ablation; paths relative to t
     seeds: 3
     groups:
       scope:                                         # a grid: the cartesian product of its values
-        opts: [CONVMIXER.WEIGHT_SHARE.ENABLE, True, CONVMIXER.WEIGHT_SHARE.SHARE_RATE, 2]
+        opts: [WEIGHT_SHARE.ENABLE, True, WEIGHT_SHARE.SHARE_RATE, 2]
         grid:
-          CONVMIXER.WEIGHT_SHARE.SCOPE: [pointwise, depthwise, both, norm]
+          WEIGHT_SHARE.SCOPE: [pointwise, depthwise, both, norm]
       fusion:                                        # or named trials
         trials:
-          vanilla: [CONVMIXER.WEIGHT_SHARE.ENABLE, False]
+          vanilla: [WEIGHT_SHARE.ENABLE, False]
           wfws-mean:
             parent: vanilla                          # starts from its final checkpoint (same seed)
-            opts: [CONVMIXER.WEIGHT_SHARE.ENABLE, True, CONVMIXER.WEIGHT_SHARE.REDUCTION_FN, mean]
+            opts: [WEIGHT_SHARE.ENABLE, True, WEIGHT_SHARE.REDUCTION_FN, mean]
     comparisons:                                     # claims the report gives a verdict on
       - scope/SCOPE=pointwise > scope/SCOPE=norm     # left top-1 higher (or <: lower)
       - {a: fusion/wfws-mean, claim: "<", b: fusion/vanilla, name: fusion costs accuracy}
@@ -28,7 +28,9 @@ Trials are the product x seeds (``RNG_SEED`` 0..seeds-1); trial ``name`` of grou
 ``k`` trains in DIR/g/name-s<k>. A grid trial is named from its values (``SCOPE=both``). A child
 gets its parent's final checkpoint as TRAIN.CHECKPOINT_FILE_PATH with CHECKPOINT_EPOCH_RESET and
 waits for it; a parent is named ``trial`` (same group) or ``group/trial``. A comparison names
-trials ``group/trial`` without the seed; see report.py for its verdict.
+trials ``group/trial`` without the seed; see report.py for its verdict. The published plan keys
+(``CONVMIXER.WEIGHT_SHARE.X``) are read as ``WEIGHT_SHARE.X`` here too, so a trial's name, its
+grid values (results.csv's columns) and its identity are those of the current name.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from typing import Optional
 import yaml
 from yacs.config import CfgNode
 
-from ..config import ConfigError, get_cfg, load_config
+from ..config import ConfigError, get_cfg, load_config, plan_key, plan_opts
 from ..config.parser import all_keys
 from ..engine.checkpoint import checkpoint_path
 from ..errors import SpinError
@@ -115,7 +117,7 @@ def _opts(x, where: str) -> list:
         return []
     if not isinstance(x, list) or len(x) % 2:
         raise SweepError(f"{where}: opts must be a list of KEY, VALUE pairs, got {x!r}")
-    return [_as_opt(v) for v in x]
+    return plan_opts([_as_opt(v) for v in x], where)
 
 
 def _check_key(key: str, where: str) -> None:
@@ -142,6 +144,14 @@ def check_not_reserved(keys, where: str) -> None:
 def grid_trials(group: str, cfg_files: list, opts: list, grid: dict, seeds: int) -> list[Trial]:
     if not grid:
         raise SweepError(f"group {group!r} has an empty grid; give KEY: [values]")
+    names: dict = {}
+    for key in grid:
+        names.setdefault(plan_key(key), []).append(key)
+    for key, given in names.items():
+        if len(given) > 1:
+            raise SweepError(f"the grid of group {group!r} names {key} twice ({' and '.join(given)}); give all its "
+                             f"values under {key}")
+    grid, opts = {plan_key(k): v for k, v in grid.items()}, plan_opts(opts, f"the overrides of group {group!r}")
     for key in grid:
         _check_key(key, f"the grid of group {group!r}")
     check_not_reserved(grid, f"the grid of group {group!r}")
@@ -188,7 +198,7 @@ def load_sweep_file(path: str) -> tuple[dict, list[Trial]]:
         if "grid" in g:
             if not isinstance(g["grid"] or {}, dict):
                 raise SweepError(f"group {group!r}: 'grid:' maps each config key to its values, e.g. "
-                                 f"'grid: {{CONVMIXER.WEIGHT_SHARE.SHARE_RATE: [1, 2]}}', not a "
+                                 f"'grid: {{WEIGHT_SHARE.SHARE_RATE: [1, 2]}}', not a "
                                  f"{type(g['grid']).__name__}")
             grid = {str(k): (v if isinstance(v, list) else [v]) for k, v in (g["grid"] or {}).items()}
             trials += grid_trials(group, cfg_files, opts, grid, seeds)
@@ -280,17 +290,15 @@ def max_epoch(cfg_files, opts) -> Optional[int]:
 
 
 def check_trials(trials: list[Trial]) -> None:
-    """Load and check every trial's config (and resolve its plan against the model's depth) before
+    """Load and check every trial's config (its plan resolved against the model's depth) before
     the sweep writes anything. One line per problem, naming the trials that have it."""
     from ..config import check_cfg
-    from ..models.factory import plan_from_cfg
 
     problems: dict[str, list[str]] = {}
     for t in trials:
         try:  # t.opts: a child's parent checkpoint does not exist yet
             cfg = load_config(list(t.cfg_files), list(t.opts))
             check_cfg(cfg, "train")
-            plan_from_cfg(cfg)
         except SpinError as e:
             for line in str(e).splitlines():
                 problems.setdefault(line.strip(), []).append(t.key)
