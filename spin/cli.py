@@ -1,6 +1,7 @@
-"""``spin <command>``: train | test | fuse | stats | predict | bench. Thin: parse, then call the
-package. Every user error (any :class:`~spin.errors.SpinError`) ends in ``spin: error: ...``
-lines, one per problem, and exit status 2, before anything is written."""
+"""``spin <command>``: train | test | fuse | stats | predict | export | plot | sweep | analyze |
+bench (and ``launch``, the multi-node entry). Thin: parse, then call the package. Every user
+error (any :class:`~spin.errors.SpinError`) ends in ``spin: error: ...`` lines, one per problem,
+and exit status 2, before anything is written."""
 from __future__ import annotations
 
 import argparse
@@ -95,7 +96,7 @@ def launch_main(argv: Sequence[str]):
 
 def fuse_main(argv: Sequence[str]):
     """spin fuse --cfg WFWS.yaml TRAIN.CHECKPOINT_FILE_PATH ck.pyth: export a fused WS checkpoint."""
-    from .export import default_output, fuse_checkpoint, human_bytes
+    from .tools.fuse import default_output, fuse_checkpoint, human_bytes
 
     p = get_args_parser("spin fuse", fuse_main.__doc__)
     p.add_argument("--output", default="", help="output .pyth (default OUTPUT_DIR/<name>-fused.pyth)")
@@ -122,8 +123,8 @@ def stats_main(argv: Sequence[str]):
     """spin stats [--cfg FILE]... [--checkpoint CK]... [--markdown]: parameters, MACs, the README row."""
     from .config import load_config, merge_opts
     from .engine.checkpoint import build_model_from_checkpoint
-    from .export import human_bytes
-    from .stats import describe, format_table
+    from .tools.fuse import human_bytes
+    from .tools.stats import describe, format_table
 
     p = ArgumentParser(prog="spin stats", description=stats_main.__doc__)
     p.add_argument("--cfg", action="append", default=[], help="a config: one row each")
@@ -323,8 +324,8 @@ def sweep_main(argv: Sequence[str]):
 
 def export_main(argv: Sequence[str]):
     """spin export --checkpoint CK --format onnx|pt2 [--out FILE]: a verified deployable artifact."""
-    from .deploy import FORMATS, export_checkpoint
-    from .export import human_bytes
+    from .tools.export import FORMATS, export_checkpoint
+    from .tools.fuse import human_bytes
 
     p = ArgumentParser(prog="spin export", description=export_main.__doc__)
     p.add_argument("--checkpoint", required=True, help="a trained checkpoint (WFWS is fused first)")
@@ -349,7 +350,7 @@ def export_main(argv: Sequence[str]):
 
 def analyze_main(argv: Sequence[str]):
     """spin analyze --checkpoint CK [--images N] [--out DIR] [--suggest N]: layer similarity, plans."""
-    from .analyze import analyze
+    from .tools.analyze import analyze
     from .data import build_dataset, build_loader
     from .engine.checkpoint import build_model_from_checkpoint
     from .models.factory import model_depth

@@ -66,13 +66,14 @@ def _harmless(key: str) -> bool:
 
 
 def _model_part(cfg, flat: dict) -> dict:
-    from .config import FAMILY_SECTIONS
-    from .models.factory import family, fusion_from_cfg, plan_from_cfg, relax_from_cfg
+    from .models.factory import family_of, fusion_from_cfg, names_builder, plan_from_cfg, relax_from_cfg
     from .sharing import DEFAULT_SCOPES
 
-    fam = family(cfg)
-    section = FAMILY_SECTIONS[fam] + "."
+    desc = family_of(cfg)
+    fam, section = desc.name, desc.section + "."
     part = {"family": fam, **{k: flat[k] for k in MODEL_KEYS[1:]}}
+    if names_builder(cfg):  # a named variant's defaults are part of its architecture
+        part["builder"] = flat["MODEL.MODEL_NAME"]
     part.update({k: v for k, v in flat.items() if k.startswith(section)})
     if fam in ("vit", "mixer"):
         part["DATA.TRAIN_CROP_SIZE"] = flat["DATA.TRAIN_CROP_SIZE"]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder, randomize_bn
-from spin.analyze import MinibatchCKA, best_contiguous, best_grouping, fusion_error, _ratio
+from spin.tools.analyze import MinibatchCKA, best_contiguous, best_grouping, fusion_error, _ratio
 from spin.cli import main
 from spin.config import load_config
 from spin.engine import checkpoint as cu

@@ -10,7 +10,7 @@ import torch
 from conftest import make_image_folder, randomize_bn
 from spin.cli import main
 from spin.config import load_config
-from spin.deploy import DeployError, export_checkpoint, onnx_session, run_onnx, stored_tensor_bytes
+from spin.tools.export import DeployError, export_checkpoint, onnx_session, run_onnx, stored_tensor_bytes
 from spin.engine import checkpoint as cu
 from spin.models import build_model
 

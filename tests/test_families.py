@@ -11,7 +11,7 @@ from spin.config import load_config
 from spin.engine import checkpoint as cu
 from spin.engine.optim import construct_optimizer
 from spin.engine.trainer import train
-from spin.export import fuse_checkpoint
+from spin.tools.fuse import fuse_checkpoint
 from spin.models import build_model
 from spin.share_transform import unique_parameters
 

@@ -93,7 +93,7 @@ def check_run(cfg, onnx: bool = False) -> dict:
     if fusion:  # the WS export keeps the logits
         torch.testing.assert_close(_logits(spin.fuse(fresh), images), ref, rtol=1e-4, atol=1e-5)
     if onnx:  # the deployable artifact (fused, ONNX) keeps them too
-        from spin.deploy import export_checkpoint, onnx_session, run_onnx
+        from spin.tools.export import export_checkpoint, onnx_session, run_onnx
 
         path = os.path.join(out, "model.onnx")
         export_checkpoint(res["checkpoint"], "onnx", out=path)

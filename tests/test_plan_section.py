@@ -112,7 +112,7 @@ def test_a_checkpoint_from_before_builds_its_model(tmp_path):
     path = str(tmp_path / "old.pyth")
     torch.save({"epoch": 0, "model_state": model.state_dict(), "cfg": old["cfg"], "classes": CLASSES}, path)
     rebuilt, cfg, _ = cu.build_model_from_checkpoint(path)
-    assert rebuilt.fusion == "mean" and list(rebuilt.plan.layer_to_set) == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert rebuilt.shared.fusion == "mean" and list(rebuilt.shared.plan.layer_to_set) == [0, 1, 2, 3, 0, 1, 2, 3]
     assert cfg.WEIGHT_SHARE.REDUCTION_FN == "mean" and "WEIGHT_SHARE" not in dumped(cfg)["CONVMIXER"]
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))

@@ -13,11 +13,11 @@ from spin.cli import main
 from spin.config import load_config
 from spin.engine import checkpoint as cu
 from spin.engine.trainer import train
-from spin.export import fuse_checkpoint, load_safetensors_model
+from spin.tools.fuse import fuse_checkpoint, load_safetensors_model
 from spin.fusion import FUSIONS
 from spin.models import build_model
 from spin.paths import OutputError
-from spin.stats import describe
+from spin.tools.stats import describe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tests", "tiny-ws.yaml")

@@ -15,9 +15,6 @@ from ..sharing import SharingError
 from .defaults import CHOICES, FAMILY_SECTIONS, MODEL_FAMILIES, get_cfg
 from .parser import ConfigError
 
-JOBS = ("train", "test", "fuse", "stats", "predict")
-
-
 def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> None:
     """Raise one ConfigError listing every problem of ``cfg`` for ``job`` (one per line)."""
     problems: list[str] = []
@@ -27,42 +24,35 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
             problems.append(msg)
 
     for key, allowed in CHOICES.items():
+        if key == "MODEL.MODEL_NAME":  # aliases or a named builder: the family lookup says which
+            continue
         sec, _, name = key.rpartition(".")
         value = (cfg[sec] if sec else cfg)[name]
-        norm = str(value).lower() if key != "MODEL.MODEL_NAME" else value
-        need(norm in {a if key == "MODEL.MODEL_NAME" else a.lower() for a in allowed},
-             f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
+        need(str(value).lower() in {a.lower() for a in allowed}, f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
 
     # ------------------------------------------------------------------ model and plan
-    family = MODEL_FAMILIES.get(cfg.MODEL.MODEL_NAME)
-    default = get_cfg()
-    if family is not None:
-        from ..models.factory import fusion_from_cfg, plan_from_cfg, relax_from_cfg
+    from ..models.factory import family_of, fusion_from_cfg, plan_from_cfg, relax_from_cfg
 
-        arch = cfg[FAMILY_SECTIONS[family]]
-        depth = arch.DEPTH
-        need(depth >= 1, f"{FAMILY_SECTIONS[family]}.DEPTH must be >= 1, got {depth}")
+    desc, default = None, get_cfg()
+    try:
+        desc = family_of(cfg)
+    except ConfigError as e:
+        problems.append(str(e))
+    family = desc and desc.name
+    if desc is not None:
+        sec = desc.section
+        arch = cfg[sec]
+        need(arch.DEPTH >= 1, f"{sec}.DEPTH must be >= 1, got {arch.DEPTH}")
         # the plan keys' own rules, where the model build enforces them (a plan needs a depth)
-        for resolve in ((plan_from_cfg,) if depth >= 1 else ()) + (fusion_from_cfg, relax_from_cfg):
+        for resolve in ((plan_from_cfg,) if arch.DEPTH >= 1 else ()) + (fusion_from_cfg, relax_from_cfg):
             try:
                 resolve(cfg)
             except SharingError as e:
                 problems.append(str(e))
         problems += _foreign_keys(cfg, family, default)
-        problems += _arch_problems(cfg, family)
-        if family in ("vit", "mixer"):
-            sec = FAMILY_SECTIONS[family]
-            need(cfg.DATA.TRAIN_CROP_SIZE == cfg.DATA.TEST_CROP_SIZE,
-                 f"{cfg.MODEL.MODEL_NAME} has a fixed input size: DATA.TEST_CROP_SIZE "
-                 f"{cfg.DATA.TEST_CROP_SIZE} must equal DATA.TRAIN_CROP_SIZE {cfg.DATA.TRAIN_CROP_SIZE}")
-            need(arch.PATCH_SIZE >= 1 and cfg.DATA.TRAIN_CROP_SIZE % max(arch.PATCH_SIZE, 1) == 0,
-                 f"DATA.TRAIN_CROP_SIZE {cfg.DATA.TRAIN_CROP_SIZE} is not a multiple of {sec}.PATCH_SIZE "
-                 f"{arch.PATCH_SIZE}")
-        if family == "vit":
-            need(cfg.VIT.NUM_HEADS >= 1 and cfg.VIT.EMBED_DIM % max(cfg.VIT.NUM_HEADS, 1) == 0,
-                 f"VIT.EMBED_DIM {cfg.VIT.EMBED_DIM} is not divisible by VIT.NUM_HEADS {cfg.VIT.NUM_HEADS}")
-        width = {"convmixer": "CHANNEL", "convnext": "DIM"}.get(family, "EMBED_DIM")
-        need(arch[width] >= 1, f"{FAMILY_SECTIONS[family]}.{width} must be >= 1, got {arch[width]}")
+        problems += desc.check(cfg)  # what this misses, the build check below still catches
+        if desc.width_key:
+            need(arch[desc.width_key] >= 1, f"{sec}.{desc.width_key} must be >= 1, got {arch[desc.width_key]}")
     need(cfg.MODEL.NUM_CLASSES >= 1, f"MODEL.NUM_CLASSES must be >= 1, got {cfg.MODEL.NUM_CLASSES}")
     need(0 <= cfg.MODEL.DROPOUT_RATE < 1, f"MODEL.DROPOUT_RATE must be in [0, 1), got {cfg.MODEL.DROPOUT_RATE}")
     need(0 <= cfg.MODEL.DROP_PATH_RATE < 1,
@@ -175,45 +165,4 @@ def _foreign_keys(cfg: CfgNode, family: str, default: CfgNode) -> list[str]:
                        f"(its architecture is {FAMILY_SECTIONS[family]}.*; {sec}.* is read by MODEL.MODEL_NAME "
                        f"{' / '.join(readers[fam])}); drop {'these keys' if len(stray) > 1 else 'it'} or change "
                        f"MODEL.MODEL_NAME")
-    return out
-
-
-def _arch_problems(cfg: CfgNode, family: str) -> list[str]:
-    """Architecture values each family's layers cannot take, named with the fix; what this
-    misses, the build check after it still catches."""
-    out: list[str] = []
-    crops = sorted({cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE})
-    if family in ("convmixer", "convnext"):
-        sec = FAMILY_SECTIONS[family]
-        k = cfg[sec].KERNEL
-        pad = "(K-1)/2" if family == "convmixer" else "K//2"
-        if k < 1 or k % 2 == 0:
-            out.append(f"{sec}.KERNEL must be an odd number >= 1 (the depthwise conv pads {pad} on each side to "
-                       f"keep the size, which only an odd K does), got {k}")
-    if family == "convmixer":
-        c = cfg.CONVMIXER
-        for key, low in (("PATCH_KERNEL", 1), ("PATCH_STRIDE", 1), ("PATCH_PADDING", 0)):
-            if c[key] < low:
-                out.append(f"CONVMIXER.{key} must be >= {low}, got {c[key]}")
-        skip = crops[0] < 1 or c.PATCH_KERNEL < 1 or c.PATCH_PADDING < 0  # reported above instead
-        if not skip and c.PATCH_KERNEL > crops[0] + 2 * c.PATCH_PADDING:
-            out.append(f"CONVMIXER.PATCH_KERNEL {c.PATCH_KERNEL} is larger than the crop {crops[0]} (DATA.*_CROP_SIZE, "
-                       f"+ 2 x PATCH_PADDING {c.PATCH_PADDING}): the patch embedding has no output; lower it or "
-                       f"raise the crop")
-    if family == "convnext":
-        p = cfg.CONVNEXT.PATCH_SIZE
-        if p < 1 or p > max(crops[0], 1):
-            out.append(f"CONVNEXT.PATCH_SIZE must be in 1..the crop {crops[0]} (DATA.*_CROP_SIZE), got {p}")
-    if family == "vit":
-        v = cfg.VIT
-        if not v.CLASS_TOKEN and str(v.GLOBAL_POOL) == "token":
-            out.append("VIT.CLASS_TOKEN False leaves no class token for VIT.GLOBAL_POOL token to pool; set "
-                       "VIT.GLOBAL_POOL avg (or CLASS_TOKEN True)")
-        if not v.MLP_RATIO > 0:
-            out.append(f"VIT.MLP_RATIO must be > 0, got {v.MLP_RATIO}")
-    if family == "mixer":
-        r = list(cfg.MIXER.MLP_RATIO)
-        if len(r) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in r):
-            out.append(f"MIXER.MLP_RATIO must be [token, channel]: two expansion ratios > 0, like its default "
-                       f"[0.5, 4.0], got {r}")
     return out

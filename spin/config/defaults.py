@@ -51,45 +51,8 @@ _C.DATA.DOWNLOAD = False
 _C.DATA.TRAIN_IMAGES_PER_CLASS = 0
 
 # ------------------------------------------------------------------------------ model
-_C.CONVMIXER = CfgNode()
-_C.CONVMIXER.CHANNEL = 768
-_C.CONVMIXER.DEPTH = 32
-_C.CONVMIXER.PATCH_KERNEL = 7
-_C.CONVMIXER.PATCH_STRIDE = 7
-_C.CONVMIXER.PATCH_PADDING = 0
-_C.CONVMIXER.KERNEL = 3
-_C.CONVMIXER.ACT_FUNC = "RELU"
-# True: SPIN block (both halves residual). False: original ConvMixer / timm block.
-_C.CONVMIXER.POINTWISE_RESIDUAL = True
-
-# ViT / DeiT (timm's VisionTransformer; image size = DATA.TRAIN_CROP_SIZE). Defaults: DeiT-S.
-_C.VIT = CfgNode()
-_C.VIT.PATCH_SIZE = 16
-_C.VIT.EMBED_DIM = 384
-_C.VIT.DEPTH = 12
-_C.VIT.NUM_HEADS = 6
-_C.VIT.MLP_RATIO = 4.0
-_C.VIT.QKV_BIAS = True
-# Layer scale init (timm init_values); 0 = no layer scale (DeiT).
-_C.VIT.LAYER_SCALE_INIT_VALUE = 0.0
-_C.VIT.CLASS_TOKEN = True
-_C.VIT.GLOBAL_POOL = "token"
-
-# Isotropic ConvNeXt (the official convnext_isotropic.py). Defaults: ConvNeXt-S (iso.).
-_C.CONVNEXT = CfgNode()
-_C.CONVNEXT.DIM = 384
-_C.CONVNEXT.DEPTH = 18
-_C.CONVNEXT.PATCH_SIZE = 16
-_C.CONVNEXT.KERNEL = 7
-_C.CONVNEXT.LAYER_SCALE_INIT_VALUE = 0.0
-_C.CONVNEXT.HEAD_INIT_SCALE = 1.0
-
-# MLP-Mixer (timm's MlpMixer; image size = DATA.TRAIN_CROP_SIZE). Defaults: Mixer-S/16.
-_C.MIXER = CfgNode()
-_C.MIXER.PATCH_SIZE = 16
-_C.MIXER.EMBED_DIM = 512
-_C.MIXER.DEPTH = 8
-_C.MIXER.MLP_RATIO = [0.5, 4.0]
+# Each model family adds its own architecture section (CONVMIXER, VIT, CONVNEXT, MIXER) when it
+# registers (spin.models.family): its keys and defaults live beside its model.
 
 # The sharing plan, one section for every family (the published YAMLs' CONVMIXER.WEIGHT_SHARE
 # is read as this one).
@@ -202,12 +165,12 @@ _C.DIST_BACKEND = "nccl"
 
 
 # The allowed values of the keys that name something; the modules that implement them read these.
-MODEL_FAMILIES = {"WSConvMixer": "convmixer", "ConvMixer": "convmixer", "SpinConvMixer": "convmixer",
-                  "VisionTransformer": "vit", "DeiT": "vit", "ConvNeXtIsotropic": "convnext",
-                  "MlpMixer": "mixer"}
-FAMILY_SECTIONS = {"convmixer": "CONVMIXER", "vit": "VIT", "convnext": "CONVNEXT", "mixer": "MIXER"}
+# The families fill MODEL_FAMILIES (MODEL.MODEL_NAME alias -> family), FAMILY_SECTIONS and their
+# own choices when they register.
+MODEL_FAMILIES: dict[str, str] = {}
+FAMILY_SECTIONS: dict[str, str] = {}
 CHOICES = {
-    "MODEL.MODEL_NAME": tuple(MODEL_FAMILIES),
+    "MODEL.MODEL_NAME": (),
     "MODEL.LOSS_FUNC": ("cross_entropy", "soft_cross_entropy"),
     "SOLVER.OPTIMIZING_METHOD": ("adamw", "adam", "sgd"),
     "SOLVER.LR_POLICY": ("onecycle", "cosine", "constant"),
@@ -216,11 +179,22 @@ CHOICES = {
     "TRAIN.AMP_DTYPE": ("float16", "bfloat16"),
     "AUG.INTERPOLATION": ("bicubic", "bilinear", "nearest"),
     "AUG.RE_MODE": ("const", "rand", "pixel"),
-    "CONVMIXER.ACT_FUNC": ("RELU", "GELU"),
     "DIST_BACKEND": ("nccl", "gloo"),
 }
 
 
+def add_section(name: str, defaults: dict, choices: dict, model_names: dict) -> None:
+    """A family's architecture section ``name`` with its ``defaults``, the allowed values of its
+    keys that name something, and its MODEL.MODEL_NAME aliases (alias -> family)."""
+    _C[name] = CfgNode(defaults)
+    CHOICES.update(choices)
+    MODEL_FAMILIES.update(model_names)
+    FAMILY_SECTIONS.update({fam: name for fam in model_names.values()})
+    CHOICES["MODEL.MODEL_NAME"] = tuple(MODEL_FAMILIES)
+
+
 def get_cfg() -> CfgNode:
-    """A fresh copy of the defaults."""
+    """A fresh copy of the defaults (every registered family's section included)."""
+    from .. import models  # noqa: F401  (the families add their sections when first imported)
+
     return _C.clone()

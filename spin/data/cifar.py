@@ -1,7 +1,6 @@
 """CIFAR-10/100 through torchvision. Downloads only with DATA.DOWNLOAD True."""
 from __future__ import annotations
 
-import os
 
 from .folder import DataError
 
@@ -26,8 +25,3 @@ def cifar(name: str, root: str, train: bool, transform, download: bool, per_clas
                 keep.append(i)
         ds.data, ds.targets = ds.data[keep], [ds.targets[i] for i in keep]
     return ds
-
-
-def has_cifar(name: str, root: str) -> bool:
-    sub = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
-    return os.path.isdir(os.path.join(root, sub))

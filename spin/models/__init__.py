@@ -5,7 +5,9 @@ import warnings
 from . import convmixer, convnext_iso, mixer, vit  # noqa: F401  (register the named builders)
 from .convmixer import SpinConvMixer
 from .convnext_iso import ConvNeXtIsotropic
-from .factory import MODEL_FAMILIES, build_model, family, model_kwargs, plan_from_cfg
+from ..config import MODEL_FAMILIES
+from .factory import build_model, family, family_of, model_kwargs, plan_from_cfg
+from .family import FAMILIES, Family, register_family
 from .registry import create_model, list_models, register_model
 from .timm_interop import convert_timm_state_dict, register_with_timm
 
@@ -21,6 +23,7 @@ def plan_section(cfg):
 
 __all__ = ["SpinConvMixer", "WSConvMixer", "ConvNeXtIsotropic", "build_model", "model_kwargs",
            "plan_from_cfg", "plan_section", "family", "create_model", "list_models", "register_model",
-           "convert_timm_state_dict", "register_with_timm", "MODEL_FAMILIES"]
+           "convert_timm_state_dict", "register_with_timm", "MODEL_FAMILIES", "FAMILIES", "Family", "family_of",
+           "register_family"]
 
 register_with_timm()  # so timm.create_model("spin_ws_deit_small_patch16_224") works after import

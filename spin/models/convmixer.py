@@ -26,8 +26,9 @@ from timm.layers import DropPath
 
 from ..fusion import parse_fusion
 from ..sharing import SharingError, SharingPlan
-from ..share_transform import shared_sets_of, register_family, share
-from .registry import overlay_cfg, register_model, resolve_plan, split_plan_kwargs
+from ..share_transform import share, shared_sets_of
+from .family import Family, register_family
+from .registry import build_shared, register_model
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 # SPIN's evaluation: resize 256, centre crop 224, bicubic, ImageNet mean/std.
@@ -200,7 +201,6 @@ class SpinConvMixer(nn.Module):
         self.head.fc = fc.to(self.patch_embed.conv.weight.device)
 
 
-register_family(SpinConvMixer, "convmixer")
 
 # ------------------------------------------------------------------ the published key layout
 # model key (block-relative name under blocks.{i}. / shared.sets.{g}. / shared.coeffs.{i}.) <-> file key
@@ -271,13 +271,7 @@ def _from_published(module, state_dict, prefix, *args) -> None:
 
 # --------------------------------------------------------------------------------- builders
 def _create(defaults: dict, **kwargs) -> SpinConvMixer:
-    args = {**defaults, **kwargs}
-    overlay = args.pop("pretrained_cfg_overlay", None)
-    plan_kwargs = split_plan_kwargs(args)
-    plan = resolve_plan(args.get("depth", 32), plan_kwargs)
-    return overlay_cfg(SpinConvMixer(**args, plan=plan, fusion=plan_kwargs.get("fusion"),
-                                     relax=plan_kwargs.get("relax"), relax_rank=plan_kwargs.get("relax_rank", 0)),
-                       overlay)
+    return build_shared(SpinConvMixer, **{**defaults, **kwargs})
 
 
 _SPIN_768 = dict(dim=768, depth=32, patch_kernel=14, kernel_size=3, act="relu")
@@ -313,3 +307,45 @@ def convmixer_1536_20(**kwargs) -> SpinConvMixer:
     """The original ConvMixer-1536/20 (timm layout: K9 P7, GELU, no pointwise residual)."""
     return _create(dict(dim=1536, depth=20, patch_kernel=7, kernel_size=9, act="gelu",
                         pointwise_residual=False), **kwargs)
+
+
+def convmixer(**kwargs) -> SpinConvMixer:
+    """A SpinConvMixer from its keywords (plan keywords share it)."""
+    return build_shared(SpinConvMixer, **kwargs)
+
+
+# ------------------------------------------------------------------------------ the family
+def _kwargs(cfg) -> dict:
+    c = cfg.CONVMIXER
+    return dict(dim=c.CHANNEL, depth=c.DEPTH, patch_kernel=c.PATCH_KERNEL, patch_stride=c.PATCH_STRIDE,
+                patch_padding=c.PATCH_PADDING, kernel_size=c.KERNEL, act=c.ACT_FUNC,
+                pointwise_residual=c.POINTWISE_RESIDUAL, drop_path_rate=cfg.MODEL.DROP_PATH_RATE)
+
+
+def _check(cfg) -> list[str]:
+    c, out = cfg.CONVMIXER, []
+    if c.KERNEL < 1 or c.KERNEL % 2 == 0:
+        out.append(f"CONVMIXER.KERNEL must be an odd number >= 1 (the depthwise conv pads (K-1)/2 on each side to "
+                   f"keep the size, which only an odd K does), got {c.KERNEL}")
+    for key, low in (("PATCH_KERNEL", 1), ("PATCH_STRIDE", 1), ("PATCH_PADDING", 0)):
+        if c[key] < low:
+            out.append(f"CONVMIXER.{key} must be >= {low}, got {c[key]}")
+    crop = min(cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE)
+    if crop >= 1 and c.PATCH_KERNEL >= 1 and c.PATCH_PADDING >= 0 and c.PATCH_KERNEL > crop + 2 * c.PATCH_PADDING:
+        out.append(f"CONVMIXER.PATCH_KERNEL {c.PATCH_KERNEL} is larger than the crop {crop} (DATA.*_CROP_SIZE, "
+                   f"+ 2 x PATCH_PADDING {c.PATCH_PADDING}): the patch embedding has no output; lower it or "
+                   f"raise the crop")
+    return out
+
+
+FAMILY = register_family(Family(
+    name="convmixer", section="CONVMIXER", model_names=("WSConvMixer", "ConvMixer", "SpinConvMixer"),
+    build=convmixer, kwargs=_kwargs, check=_check, classes=(SpinConvMixer,), width_key="CHANNEL",
+    arch=lambda cfg: ("C/D/P/K", f"{cfg.CONVMIXER.CHANNEL}/{cfg.CONVMIXER.DEPTH}/{cfg.CONVMIXER.PATCH_KERNEL}/"
+                                 f"{cfg.CONVMIXER.KERNEL}"),
+    parts={"pointwise": ("pwise.*",), "depthwise": ("dwise_blk.0.*",), "norm": ("dwise_blk.2.*", "bn2.*")},
+    default_scope="pointwise",
+    # The patch's defaults (the published YAMLs set SPIN's 768/32/14/3).
+    defaults=dict(CHANNEL=768, DEPTH=32, PATCH_KERNEL=7, PATCH_STRIDE=7, PATCH_PADDING=0, KERNEL=3, ACT_FUNC="RELU",
+                  POINTWISE_RESIDUAL=True),  # True: SPIN block (both halves residual); False: timm's block
+    choices={"CONVMIXER.ACT_FUNC": ("RELU", "GELU")}))

@@ -23,8 +23,8 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 
-from ..share_transform import register_family
-from .registry import apply_sharing, overlay_cfg, register_shared_variants, split_plan_kwargs
+from .family import Family, register_family
+from .registry import build_shared, register_shared_variants
 
 # The official recipe's evaluation: resize 256, centre crop 224, bicubic, ImageNet mean/std.
 PRETRAINED_CFG = dict(num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.875,
@@ -83,9 +83,6 @@ class ConvNeXtIsotropic(nn.Module):
             nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, H/16, W/16)."""
         return self.blocks(self.stem(x))
@@ -108,14 +105,11 @@ class ConvNeXtIsotropic(nn.Module):
         self.head = head.to(self.stem.weight.device)
 
 
-register_family(ConvNeXtIsotropic, "convnext")
 
 
 def convnext_isotropic(**kwargs) -> ConvNeXtIsotropic:
     """A ConvNeXtIsotropic from its keywords, shared when plan keywords or ``fusion`` are given."""
-    plan_kwargs = split_plan_kwargs(kwargs)
-    overlay = kwargs.pop("pretrained_cfg_overlay", None)
-    return overlay_cfg(apply_sharing(ConvNeXtIsotropic(**kwargs), plan_kwargs), overlay)
+    return build_shared(ConvNeXtIsotropic, **kwargs)
 
 
 @register_shared_variants
@@ -128,3 +122,33 @@ def convnext_iso_small(**kwargs) -> ConvNeXtIsotropic:
 def convnext_iso_base(**kwargs) -> ConvNeXtIsotropic:
     """ConvNeXt-B (iso.): depth 18, dim 768 (87.1M parameters; 82.0% published)."""
     return convnext_isotropic(**{"depth": 18, "dim": 768, **kwargs})
+
+
+# ------------------------------------------------------------------------------ the family
+def _kwargs(cfg) -> dict:
+    c = cfg.CONVNEXT
+    return dict(dim=c.DIM, depth=c.DEPTH, patch_size=c.PATCH_SIZE, kernel_size=c.KERNEL,
+                layer_scale_init_value=c.LAYER_SCALE_INIT_VALUE, head_init_scale=c.HEAD_INIT_SCALE,
+                drop_path_rate=cfg.MODEL.DROP_PATH_RATE)
+
+
+def _check(cfg) -> list[str]:
+    c, out = cfg.CONVNEXT, []
+    crop = min(cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE)
+    if c.KERNEL < 1 or c.KERNEL % 2 == 0:
+        out.append(f"CONVNEXT.KERNEL must be an odd number >= 1 (the depthwise conv pads K//2 on each side to "
+                   f"keep the size, which only an odd K does), got {c.KERNEL}")
+    if c.PATCH_SIZE < 1 or c.PATCH_SIZE > max(crop, 1):
+        out.append(f"CONVNEXT.PATCH_SIZE must be in 1..the crop {crop} (DATA.*_CROP_SIZE), got {c.PATCH_SIZE}")
+    return out
+
+
+FAMILY = register_family(Family(
+    name="convnext", section="CONVNEXT", model_names=("ConvNeXtIsotropic",), classes=(ConvNeXtIsotropic,),
+    build=convnext_isotropic, kwargs=_kwargs, check=_check, width_key="DIM",
+    arch=lambda cfg: ("arch", f"dim {cfg.CONVNEXT.DIM}, depth {cfg.CONVNEXT.DEPTH}, patch {cfg.CONVNEXT.PATCH_SIZE}, "
+                              f"kernel {cfg.CONVNEXT.KERNEL}"),
+    parts={"dwconv": ("dwconv.*",), "pwconv": ("pwconv1.*", "pwconv2.*"), "norm": ("norm.*",), "gamma": ("gamma",)},
+    default_scope="dwconv+pwconv",
+    # the official convnext_isotropic.py; defaults: ConvNeXt-S (iso.)
+    defaults=dict(DIM=384, DEPTH=18, PATCH_SIZE=16, KERNEL=7, LAYER_SCALE_INIT_VALUE=0.0, HEAD_INIT_SCALE=1.0)))

@@ -9,28 +9,49 @@ from __future__ import annotations
 
 from typing import Optional
 
+import sys
+
 import torch
 
-from ..config import FAMILY_SECTIONS, MODEL_FAMILIES, ConfigError
+from ..config import ConfigError
 from ..errors import SpinError
 from ..fusion import parse_fusion
 from ..relax import parse_relax
 from ..sharing import DISTRIBUTIONS, MAPPINGS, SharingError, SharingPlan, build_plan, parse_scope
-from .convmixer import SpinConvMixer
-from .convnext_iso import convnext_isotropic
-from .mixer import mlp_mixer
-from .registry import overlay_cfg
-from .vit import vision_transformer
+from . import convmixer, convnext_iso, mixer, vit  # noqa: F401  (each registers its family)
+from .family import FAMILIES, MODEL_NAMES, Family
+from .registry import get_builder, list_models
+
+SHARED_PREFIXES = ("ws_", "wfws_")
+
+
+def family_of(cfg) -> Family:
+    """The family MODEL.MODEL_NAME names: one of its aliases, or one of its named builders."""
+    name = cfg.MODEL.MODEL_NAME
+    if name in MODEL_NAMES:
+        return FAMILIES[MODEL_NAMES[name]]
+    if name in list_models():
+        if name.startswith(SHARED_PREFIXES):
+            base = name.split("_", 1)[1]
+            raise ConfigError(f"MODEL.MODEL_NAME {name} is a shared variant, but the plan comes from WEIGHT_SHARE.*: "
+                              f"name its vanilla builder {base} and set WEIGHT_SHARE.ENABLE True (SHARE_RATE 2"
+                              f"{', REDUCTION_FN mean' if name.startswith('wfws_') else ''})")
+        return sys.modules[get_builder(name).__module__].FAMILY
+    raise ConfigError(f"unknown MODEL.MODEL_NAME {name!r}; allowed: {', '.join(MODEL_NAMES)}, or a named builder "
+                      f"({', '.join(n for n in list_models() if not n.startswith(SHARED_PREFIXES))})")
+
 
 def family(cfg) -> str:
-    name = cfg.MODEL.MODEL_NAME
-    if name not in MODEL_FAMILIES:
-        raise ConfigError(f"unknown MODEL.MODEL_NAME {name!r}; allowed: {', '.join(MODEL_FAMILIES)}")
-    return MODEL_FAMILIES[name]
+    return family_of(cfg).name
+
+
+def names_builder(cfg) -> bool:
+    """True when MODEL.MODEL_NAME names a registry builder (its variant's defaults apply)."""
+    return cfg.MODEL.MODEL_NAME not in MODEL_NAMES
 
 
 def model_depth(cfg) -> int:
-    return cfg[FAMILY_SECTIONS[family(cfg)]].DEPTH
+    return cfg[family_of(cfg).section].DEPTH
 
 
 def _fusion(ws):
@@ -106,49 +127,33 @@ def plan_from_cfg(cfg) -> SharingPlan:
 
 
 def model_kwargs(cfg) -> dict:
-    """The keyword arguments of this config's family builder."""
-    fam, d = family(cfg), cfg.DATA
+    """The keyword arguments of this config's builder: the family's architecture keywords (for a
+    named builder, those whose config key differs from its default: the variant keeps the rest),
+    the plan, and the pretrained cfg entries the data settings define."""
+    from ..config import get_cfg
+
+    fam, d = family_of(cfg), cfg.DATA
+    arch = fam.kwargs(cfg)
+    if names_builder(cfg):
+        untouched = cfg.clone()
+        untouched.defrost()
+        untouched[fam.section], untouched.MODEL.DROP_PATH_RATE = get_cfg()[fam.section], get_cfg().MODEL.DROP_PATH_RATE
+        base = fam.kwargs(untouched)
+        # the input size is the data's, whatever the variant
+        arch = {k: v for k, v in arch.items() if v != base[k] or k == "img_size"}
     in_chans = d.INPUT_CHANNEL_NUM[0]
-    common = dict(num_classes=cfg.MODEL.NUM_CLASSES, in_chans=in_chans, drop_rate=cfg.MODEL.DROPOUT_RATE,
-                  plan=plan_from_cfg(cfg), fusion=fusion_from_cfg(cfg), **relax_from_cfg(cfg),
-                  pretrained_cfg_overlay=dict(
-                      input_size=(in_chans, d.TEST_CROP_SIZE, d.TEST_CROP_SIZE),
-                      crop_pct=d.VAL_CROP_RATIO, interpolation=cfg.AUG.INTERPOLATION,
-                      mean=tuple(d.MEAN), std=tuple(d.STD), num_classes=cfg.MODEL.NUM_CLASSES))
-    drop_path = cfg.MODEL.DROP_PATH_RATE
-    if fam == "convmixer":
-        c = cfg.CONVMIXER
-        return dict(common, dim=c.CHANNEL, depth=c.DEPTH, patch_kernel=c.PATCH_KERNEL,
-                    patch_stride=c.PATCH_STRIDE, patch_padding=c.PATCH_PADDING, kernel_size=c.KERNEL,
-                    act=c.ACT_FUNC, pointwise_residual=c.POINTWISE_RESIDUAL, drop_path_rate=drop_path)
-    if fam == "vit":
-        v = cfg.VIT
-        return dict(common, img_size=d.TRAIN_CROP_SIZE, patch_size=v.PATCH_SIZE, embed_dim=v.EMBED_DIM,
-                    depth=v.DEPTH, num_heads=v.NUM_HEADS, mlp_ratio=v.MLP_RATIO, qkv_bias=v.QKV_BIAS,
-                    init_values=v.LAYER_SCALE_INIT_VALUE or None, class_token=v.CLASS_TOKEN,
-                    global_pool=v.GLOBAL_POOL, drop_path_rate=drop_path)
-    if fam == "convnext":
-        c = cfg.CONVNEXT
-        return dict(common, dim=c.DIM, depth=c.DEPTH, patch_size=c.PATCH_SIZE, kernel_size=c.KERNEL,
-                    layer_scale_init_value=c.LAYER_SCALE_INIT_VALUE, head_init_scale=c.HEAD_INIT_SCALE,
-                    drop_path_rate=drop_path)
-    m = cfg.MIXER
-    return dict(common, img_size=d.TRAIN_CROP_SIZE, patch_size=m.PATCH_SIZE, embed_dim=m.EMBED_DIM,
-                num_blocks=m.DEPTH, mlp_ratio=tuple(m.MLP_RATIO), drop_path_rate=drop_path)
+    return dict(arch, num_classes=cfg.MODEL.NUM_CLASSES, in_chans=in_chans, drop_rate=cfg.MODEL.DROPOUT_RATE,
+                plan=plan_from_cfg(cfg), fusion=fusion_from_cfg(cfg), **relax_from_cfg(cfg),
+                pretrained_cfg_overlay=dict(
+                    input_size=(in_chans, d.TEST_CROP_SIZE, d.TEST_CROP_SIZE),
+                    crop_pct=d.VAL_CROP_RATIO, interpolation=cfg.AUG.INTERPOLATION,
+                    mean=tuple(d.MEAN), std=tuple(d.STD), num_classes=cfg.MODEL.NUM_CLASSES))
 
 
 def build_model(cfg):
     """Build the model of MODEL.MODEL_NAME from its config section (on the CPU)."""
-    kwargs = model_kwargs(cfg)
-    fam = family(cfg)
-    if fam == "convmixer":
-        overlay = kwargs.pop("pretrained_cfg_overlay")
-        return overlay_cfg(SpinConvMixer(**kwargs), overlay)
-    if fam == "vit":
-        return vision_transformer("deit_small_patch16_224", **kwargs)
-    if fam == "convnext":
-        return convnext_isotropic(**kwargs)
-    return mlp_mixer("mixer_s16_224", **kwargs)
+    builder = get_builder(cfg.MODEL.MODEL_NAME) if names_builder(cfg) else family_of(cfg).build
+    return builder(**model_kwargs(cfg))
 
 
 _BUILDS_OK: set = set()
@@ -179,7 +184,7 @@ def build_problem(cfg) -> Optional[str]:
 
     # A sweep checks every trial: trials that differ only in what the model does not read
     # (learning rate, seed, ...) share one build.
-    arch = (cfg.MODEL.dump(), cfg[FAMILY_SECTIONS[family(cfg)]].dump(), cfg.WEIGHT_SHARE.dump(),
+    arch = (cfg.MODEL.dump(), cfg[family_of(cfg).section].dump(), cfg.WEIGHT_SHARE.dump(),
             cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE, tuple(cfg.DATA.INPUT_CHANNEL_NUM), cfg.AUG.INTERPOLATION)
     if arch in _BUILDS_OK:
         return None
@@ -188,7 +193,7 @@ def build_problem(cfg) -> Optional[str]:
         _BUILDS_OK.add(arch)
         return None
 
-    default, sec = get_cfg(), FAMILY_SECTIONS[family(cfg)]
+    default, sec = get_cfg(), family_of(cfg).section
     keys = changed_arch_keys(cfg, sec, default)
     keys += [k for k in ("DATA.TRAIN_CROP_SIZE", "DATA.TEST_CROP_SIZE", "MODEL.NUM_CLASSES")
              if _get(cfg, k) != _get(default, k)]

@@ -9,10 +9,10 @@ from __future__ import annotations
 from timm.models import get_pretrained_cfg
 from timm.models.mlp_mixer import MlpMixer
 
-from ..share_transform import register_family
+from .family import Family, register_family
 from .registry import create_timm, register_shared_variants
+from .vit import fixed_input_problems
 
-register_family(MlpMixer, "mixer")
 PRETRAINED_CFG = get_pretrained_cfg("mixer_s16_224").to_dict()  # timm's Mixer preprocessing
 
 
@@ -33,3 +33,28 @@ def mixer_s16_224(**kwargs) -> MlpMixer:
 def mixer_b16_224(**kwargs) -> MlpMixer:
     """Mixer-B/16 (59.9M parameters; 76.4% published, ImageNet-1k)."""
     return create_timm(MlpMixer, "mixer_b16_224", dict(patch_size=16, num_blocks=12, embed_dim=768), **kwargs)
+
+
+# ------------------------------------------------------------------------------ the family
+def _kwargs(cfg) -> dict:
+    m = cfg.MIXER
+    return dict(img_size=cfg.DATA.TRAIN_CROP_SIZE, patch_size=m.PATCH_SIZE, embed_dim=m.EMBED_DIM,
+                num_blocks=m.DEPTH, mlp_ratio=tuple(m.MLP_RATIO), drop_path_rate=cfg.MODEL.DROP_PATH_RATE)
+
+
+def _check(cfg) -> list[str]:
+    out, r = fixed_input_problems(cfg, "MIXER"), list(cfg.MIXER.MLP_RATIO)
+    if len(r) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in r):
+        out.append(f"MIXER.MLP_RATIO must be [token, channel]: two expansion ratios > 0, like its default "
+                   f"[0.5, 4.0], got {r}")
+    return out
+
+
+FAMILY = register_family(Family(
+    name="mixer", section="MIXER", model_names=("MlpMixer",), classes=(MlpMixer,),
+    build=mlp_mixer, kwargs=_kwargs, check=_check, width_key="EMBED_DIM",
+    arch=lambda cfg: ("arch", f"dim {cfg.MIXER.EMBED_DIM}, depth {cfg.MIXER.DEPTH}, patch {cfg.MIXER.PATCH_SIZE}"),
+    parts={"token": ("mlp_tokens.*",), "channel": ("mlp_channels.*",), "norm": ("norm1.*", "norm2.*")},
+    default_scope="token+channel",
+    # image size = DATA.TRAIN_CROP_SIZE; defaults: Mixer-S/16.
+    defaults=dict(PATCH_SIZE=16, EMBED_DIM=512, DEPTH=8, MLP_RATIO=[0.5, 4.0])))

@@ -91,6 +91,15 @@ def apply_sharing(model: nn.Module, plan_kwargs: dict) -> nn.Module:
                  relax_rank=plan_kwargs.get("relax_rank", 0), fit_relax=False, inplace=True)
 
 
+def build_shared(model_cls: type, **kwargs) -> nn.Module:
+    """``model_cls(**kwargs)`` with the plan keywords and ``pretrained_cfg_overlay`` taken out:
+    shared when they ask for it, its pretrained cfg overlaid. The builder of a family whose model
+    takes its architecture as keywords."""
+    plan_kwargs = split_plan_kwargs(kwargs)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    return overlay_cfg(apply_sharing(model_cls(**kwargs), plan_kwargs), overlay)
+
+
 def overlay_cfg(model: nn.Module, overlay: Optional[dict]) -> nn.Module:
     if overlay:
         model.pretrained_cfg = model.default_cfg = {**getattr(model, "pretrained_cfg", {}), **overlay}

@@ -44,7 +44,7 @@ AGREE_POINTS = 0.01
 
 def _describe(cfg, cache: dict) -> dict:
     """Kind, parameters and GMACs of the model a trial's config builds (cached per model)."""
-    from ..stats import describe
+    from ..tools.stats import describe
 
     key = json.dumps(idn.identity(cfg)["model"], sort_keys=True, default=str)
     if key not in cache:

@@ -30,7 +30,7 @@ from ..models import SpinConvMixer, create_model
 from ..paths import check_folder
 from ..share_transform import unique_parameters
 from ..sharing import build_plan
-from ..stats import count_macs
+from .stats import count_macs
 
 PRESETS = {
     # SPIN's ImageNet model at a small batch, and a CIFAR-size ConvMixer.
@@ -257,8 +257,8 @@ def benchmark(dim: int, depth: int, patch: int, image: int, batch: int, kernel: 
 
 def _onnx_session(model: nn.Module, x: torch.Tensor, folder: str):
     """An onnxruntime session of a copy of ``model`` as ``spin export`` writes it (WFWS fused)."""
-    from .deploy import export_onnx, metadata, onnx_session
-    from .share_transform import fuse, sharing_of
+    from .export import export_onnx, metadata, onnx_session
+    from ..share_transform import fuse, sharing_of
 
     m = copy.deepcopy(model.model if isinstance(model, ChannelsLast) else model).cpu().eval()
     m = fuse(m) if sharing_of(m)[1] else m
@@ -348,14 +348,14 @@ def gpu_check_report(out: str) -> str:
 
 
 def _write(path: str, text: str) -> None:
-    from .engine.runfolder import atomic_write
+    from ..engine.runfolder import atomic_write
 
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def main(argv=None) -> list[dict]:
     """spin bench [--preset imagenet,cifar,deit] [--device cpu|cuda] [--amp bf16|fp16] ..."""
-    from .config import ArgumentParser
+    from ..config import ArgumentParser
 
     p = ArgumentParser(prog="spin bench", description=__doc__)
     p.add_argument("--preset", default="imagenet,cifar", help=f"comma list of {', '.join(PRESETS)}")

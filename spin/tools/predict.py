@@ -31,9 +31,9 @@ def _runner(checkpoint: str, opts: Sequence[str]):
     """(logits function, cfg, class names) for a .pyth/.pth/.safetensors checkpoint or an exported
     .onnx / .pt2 artifact (its config and class names are in its metadata)."""
     if checkpoint.lower().endswith((".onnx", ".pt2")):
-        from .deploy import load_artifact
+        from .export import load_artifact
 
-        from .deploy import DeployError
+        from .export import DeployError
 
         run, text, classes, size = load_artifact(checkpoint)
         cfg = cu.cfg_from_checkpoint(checkpoint, opts, ck={"cfg": text})
