@@ -152,7 +152,8 @@ def model_kwargs(cfg) -> dict:
 
 def build_model(cfg):
     """Build the model of MODEL.MODEL_NAME from its config section (on the CPU)."""
-    builder = get_builder(cfg.MODEL.MODEL_NAME) if names_builder(cfg) else family_of(cfg).build
+    fam = family_of(cfg)  # refuses an unknown or shared-variant name
+    builder = get_builder(cfg.MODEL.MODEL_NAME) if names_builder(cfg) else fam.build
     return builder(**model_kwargs(cfg))
 
 
