@@ -107,7 +107,7 @@ BAD = [
     ("train", ["CONVMIXER.WEIGHT_SHARE.REDUCTION_FN", "median"], "REDUCTION_FN 'median'"),
     ("train", ["CONVMIXER.WEIGHT_SHARE.SHARING_MAPPING", "zigzag"], "SHARING_MAPPING 'zigzag'"),
     ("train", ["CONVMIXER.WEIGHT_SHARE.SCOPE", "bias"], "unknown sharing scope 'bias'"),
-    ("train", ["CONVMIXER.WEIGHT_SHARE.SCOPE", "attn"], "'attn' is not a part of the ConvMixer block"),
+    ("train", ["CONVMIXER.WEIGHT_SHARE.SCOPE", "attn"], "'attn' is not a part of convmixer's blocks"),
     ("train", ["CONVMIXER.WEIGHT_SHARE.SHARE_RATE", "3"], "depth 4 divisible by the share rate 3"),
     ("train", ["OUTPUT_DIR", "{a_file}"], "is a file, not a folder"),
     ("train", ["OUTPUT_DIR", "{a_file}/sub"], "is a file; choose another folder"),

@@ -82,7 +82,6 @@ class ConvNeXtIsotropic(nn.Module):
             trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, H/16, W/16)."""
         return self.blocks(self.stem(x))
