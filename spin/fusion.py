@@ -105,3 +105,17 @@ def fuse(weights: Sequence[torch.Tensor], plan: SharingPlan, fusion: str,
     c = None if is_bias or coeffs is None else list(coeffs)
     return [fuse_group([weights[l] for l in g], fusion, None if c is None else [c[l] for l in g]) for g in plan.groups]
 
+
+# Relaxed sharing lived here before spin.relax; its former names resolve there (lazily: spin.relax
+# imports this module).
+_MOVED = {"RELAXES": "RELAXES", "parse_relax": "parse_relax", "relax_shapes": "relax_shapes",
+          "relax_init": "zero_init", "relax_apply": "relax_apply", "lora_from_residual": "lora_from_residual",
+          "fit_scale": "fit_scale", "fit_relax": "fit_init"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        from . import relax
+
+        return getattr(relax, _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize_bn
+from spin.engine.checkpoint import CheckpointError, load_model_weights
 from spin.models import SpinConvMixer, create_model
 from spin.sharing import build_plan
 from spin.share_transform import unique_parameters
@@ -155,10 +156,15 @@ def test_earlier_spin_layouts_load_with_equal_logits():
                 legacy[f"{old}.{g}.{t}"] = new[f"shared.sets.{g}.{bn}.{t}"]
             for t in ("running_mean", "running_var", "num_batches_tracked"):
                 legacy[f"{old}.{g}.{t}"] = new[f"blocks.{first}.{bn}.{t}"]
+    x = torch.randn(2, 3, 16, 16)
     fresh = SpinConvMixer(**SMALL, plan=plan).eval()
     fresh.load_state_dict(legacy, strict=True)
-    x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(fresh(x), m(x))
+    fresh = SpinConvMixer(**SMALL, plan=plan).eval()  # the engine's strict loader takes them too
+    load_model_weights(fresh, legacy)
+    torch.testing.assert_close(fresh(x), m(x))
+    with pytest.raises(CheckpointError, match="does not match"):  # another plan: a mismatch, not a crash
+        load_model_weights(SpinConvMixer(**SMALL, plan=build_plan(4, share_rate=4, scope="all")), legacy)
 
 
 def test_param_counts_per_scope():

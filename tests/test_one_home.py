@@ -2,6 +2,7 @@
 family is described once (README's example family is one file that spin train runs), and
 MODEL.MODEL_NAME may name a registry builder."""
 import copy
+import dataclasses
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from conftest import make_image_folder, randomize_bn
 from spin import SharingError
 from spin.config import ConfigError, get_cfg, load_config
-from spin.models import FAMILIES, build_model, create_model
+from spin.models import FAMILIES, build_model, create_model, register_family
 from spin.share_transform import fuse, share, shared_sets_of, sharing_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,8 +70,14 @@ def test_model_name_may_name_a_registry_builder():
     cfg = load_config([], ["MODEL.MODEL_NAME", "deit_tiny_patch16_224", "VIT.DEPTH", "2", "DATA.TRAIN_CROP_SIZE", "32",
                            "DATA.TEST_CROP_SIZE", "32", "VIT.PATCH_SIZE", "8", "MODEL.NUM_CLASSES", "3"])
     m = build_model(cfg)
-    assert m.embed_dim == 192 and len(m.blocks) == 2  # tiny's width, the config's depth
+    # the section's keys are the architecture (what check, identity and spin stats read); the
+    # builder gives its own pretrained cfg
+    assert m.embed_dim == cfg.VIT.EMBED_DIM == 384 and len(m.blocks) == 2
+    assert m.pretrained_cfg["architecture"] == "deit_tiny_patch16_224"
     assert m(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    cfg.defrost()
+    cfg.MODEL.MODEL_NAME = "DeiT"
+    assert m.pretrained_cfg["architecture"] != build_model(cfg).pretrained_cfg["architecture"]
     with pytest.raises(ConfigError, match="shared variant.*name its vanilla builder deit_tiny_patch16_224"):
         build_model(load_config([], ["MODEL.MODEL_NAME", "ws_deit_tiny_patch16_224"]))
     with pytest.raises(ConfigError, match="unknown MODEL.MODEL_NAME 'deit_huge'"):
@@ -81,6 +88,13 @@ def test_family_sections_come_from_the_families():
     cfg = get_cfg()
     for fam in FAMILIES.values():
         assert dict(cfg[fam.section]) == fam.defaults  # the schema holds what the family file declares
+    vit = FAMILIES["vit"]
+    for clash in (dict(name="vit2", section="VIT"), dict(name="vit2", section="VIT2", model_names=("DeiT",)),
+                  dict(name="vit", section="VIT2", model_names=("X",))):
+        with pytest.raises(ValueError, match="already taken"):
+            register_family(dataclasses.replace(vit, **{"model_names": ("VIT2",), **clash}))
+    with pytest.raises(SharingError, match="shares nothing"):
+        create_model("deit_tiny_patch16_224", relax="lora", relax_rank=2)
 
 
 def test_readme_example_family_is_one_file_that_spin_trains(tmp_path):

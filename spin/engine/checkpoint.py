@@ -214,8 +214,13 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
                        allow_missing: tuple = OPTIONAL_KEYS, fix: Optional[str] = None) -> None:
     """Strict load, except keys in ``allow_missing`` may be absent. On any mismatch, raise one
     error listing missing, unexpected and wrongly shaped keys; the model is left untouched."""
+    from ..models.family import family_of_model
+
     model = unwrap(model)
     own = model.state_dict()
+    family = family_of_model(model)
+    if family is not None and family.checkpoint_filter is not None:  # e.g. earlier ConvMixer layouts
+        state_dict = family.checkpoint_filter(state_dict, model)
     missing = [k for k in own if k not in state_dict and not k.startswith(allow_missing)]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
@@ -265,8 +270,9 @@ def _load_optimizer(optimizer, model: nn.Module, ck: dict, path: str) -> None:
         raise CheckpointError(
             f"the optimizer state in {path} is stored for its parameters in another order than this model's "
             f"(a file of upstream SPIN or of an earlier spin, whose model had another module layout): resuming "
-            f"it would give each parameter another one's moments. Set TRAIN.CHECKPOINT_EPOCH_RESET True to "
-            f"start a new schedule from its weights")
+            f"it would give each parameter another one's moments. Start a new schedule from its weights: "
+            f"TRAIN.CHECKPOINT_FILE_PATH {path} TRAIN.CHECKPOINT_EPOCH_RESET True with a new OUTPUT_DIR (or "
+            f"TRAIN.AUTO_RESUME False)")
     try:
         optimizer.load_state_dict(ck["optimizer_state"])
     except (ValueError, KeyError) as e:

@@ -260,13 +260,23 @@ def _from_published(module, state_dict, prefix, *args) -> None:
             names[key] = [f"{prefix}shared.coeffs.{j}.{target}"]
             continue
         name = _LEGACY[part] + (f".{leaf}" if leaf else "")
-        if leaf in _BN_BUFFERS and shared is not None:  # a shared norm's statistics: each member's own now
+        if leaf in _BN_BUFFERS and f"{_LEGACY[part]}.weight" in in_sets and j < shared.plan.num_sets:
+            # a shared norm's one set of statistics (earlier spin): each member layer's own now
             names[key] = [f"{prefix}blocks.{i}.{name}" for i in shared.plan.groups[j]]
         elif name in in_sets:
             names[key] = [f"{prefix}shared.sets.{j}.{name}"]
         else:
             names[key] = [f"{prefix}blocks.{j}.{name}"]
     _rename(state_dict, names)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """A state dict of any ConvMixer layout (upstream's, earlier spin's) in the layout this model's
+    ``state_dict()`` has: what a loader compares against before loading."""
+    out = dict(state_dict)
+    _from_published(model, out, "")
+    _to_published(model, out, "", None)
+    return out
 
 
 # --------------------------------------------------------------------------------- builders
@@ -341,6 +351,7 @@ def _check(cfg) -> list[str]:
 FAMILY = register_family(Family(
     name="convmixer", section="CONVMIXER", model_names=("WSConvMixer", "ConvMixer", "SpinConvMixer"),
     build=convmixer, kwargs=_kwargs, check=_check, classes=(SpinConvMixer,), width_key="CHANNEL",
+    checkpoint_filter=checkpoint_filter_fn,
     arch=lambda cfg: ("C/D/P/K", f"{cfg.CONVMIXER.CHANNEL}/{cfg.CONVMIXER.DEPTH}/{cfg.CONVMIXER.PATCH_KERNEL}/"
                                  f"{cfg.CONVMIXER.KERNEL}"),
     parts={"pointwise": ("pwise.*",), "depthwise": ("dwise_blk.0.*",), "norm": ("dwise_blk.2.*", "bn2.*")},

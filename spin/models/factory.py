@@ -36,7 +36,12 @@ def family_of(cfg) -> Family:
             raise ConfigError(f"MODEL.MODEL_NAME {name} is a shared variant, but the plan comes from WEIGHT_SHARE.*: "
                               f"name its vanilla builder {base} and set WEIGHT_SHARE.ENABLE True (SHARE_RATE 2"
                               f"{', REDUCTION_FN mean' if name.startswith('wfws_') else ''})")
-        return sys.modules[get_builder(name).__module__].FAMILY
+        fam = getattr(sys.modules.get(get_builder(name).__module__), "FAMILY", None)
+        if fam is None:
+            raise ConfigError(f"MODEL.MODEL_NAME {name} is a registered builder outside a family's module, so "
+                              f"no config section describes it; register a Family for it (spin.models.family) "
+                              f"or build it with spin.models.create_model")
+        return fam
     raise ConfigError(f"unknown MODEL.MODEL_NAME {name!r}; allowed: {', '.join(MODEL_NAMES)}, or a named builder "
                       f"({', '.join(n for n in list_models() if not n.startswith(SHARED_PREFIXES))})")
 
@@ -46,7 +51,8 @@ def family(cfg) -> str:
 
 
 def names_builder(cfg) -> bool:
-    """True when MODEL.MODEL_NAME names a registry builder (its variant's defaults apply)."""
+    """True when MODEL.MODEL_NAME names a registry builder (its pretrained cfg applies; the
+    architecture is the family section's)."""
     return cfg.MODEL.MODEL_NAME not in MODEL_NAMES
 
 
@@ -127,22 +133,13 @@ def plan_from_cfg(cfg) -> SharingPlan:
 
 
 def model_kwargs(cfg) -> dict:
-    """The keyword arguments of this config's builder: the family's architecture keywords (for a
-    named builder, those whose config key differs from its default: the variant keeps the rest),
-    the plan, and the pretrained cfg entries the data settings define."""
-    from ..config import get_cfg
-
+    """The keyword arguments of this config's builder: the family's architecture keywords (every
+    key of its section, whichever builder MODEL.MODEL_NAME names: what the config says is what the
+    model is, for the check, the identity and spin stats alike), the plan, and the pretrained cfg
+    entries the data settings define."""
     fam, d = family_of(cfg), cfg.DATA
-    arch = fam.kwargs(cfg)
-    if names_builder(cfg):
-        untouched = cfg.clone()
-        untouched.defrost()
-        untouched[fam.section], untouched.MODEL.DROP_PATH_RATE = get_cfg()[fam.section], get_cfg().MODEL.DROP_PATH_RATE
-        base = fam.kwargs(untouched)
-        # the input size is the data's, whatever the variant
-        arch = {k: v for k, v in arch.items() if v != base[k] or k == "img_size"}
     in_chans = d.INPUT_CHANNEL_NUM[0]
-    return dict(arch, num_classes=cfg.MODEL.NUM_CLASSES, in_chans=in_chans, drop_rate=cfg.MODEL.DROPOUT_RATE,
+    return dict(fam.kwargs(cfg), num_classes=cfg.MODEL.NUM_CLASSES, in_chans=in_chans, drop_rate=cfg.MODEL.DROPOUT_RATE,
                 plan=plan_from_cfg(cfg), fusion=fusion_from_cfg(cfg), **relax_from_cfg(cfg),
                 pretrained_cfg_overlay=dict(
                     input_size=(in_chans, d.TEST_CROP_SIZE, d.TEST_CROP_SIZE),

@@ -7,7 +7,7 @@ Adding a family is one file: its model, its named builders and one ``register_fa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch.nn as nn
 from yacs.config import CfgNode
@@ -32,13 +32,30 @@ class Family:
     choices: dict = field(default_factory=dict)  # "SECTION.KEY" -> allowed values
     check: Callable[[CfgNode], list[str]] = lambda cfg: []  # its own problems, each with the fix
     width_key: str = ""  # the section key of its width (checked >= 1)
+    # (state_dict, model) -> the state dict in the model's own state_dict() layout (other layouts
+    # the family's checkpoints come in); None: files are in that layout already
+    checkpoint_filter: Optional[Callable[[dict, nn.Module], dict]] = None
 
 
 FAMILIES: dict[str, Family] = {}
 MODEL_NAMES: dict[str, str] = {}  # MODEL.MODEL_NAME alias -> family name
 
 
+def family_of_model(model: nn.Module) -> Optional[Family]:
+    """The registered family whose classes ``model`` is an instance of, else None."""
+    return next((f for f in FAMILIES.values() if isinstance(model, f.classes)), None)
+
+
 def register_family(family: Family) -> Family:
+    """Make ``family`` known everywhere; its name, section and aliases must be new."""
+    from ..config import get_cfg
+    from ..config.defaults import MODEL_FAMILIES
+
+    taken = [f"family name {family.name!r}"] if family.name in FAMILIES else []
+    taken += [f"config section {family.section}"] if family.section in get_cfg() else []
+    taken += [f"MODEL.MODEL_NAME {a!r}" for a in family.model_names if a in MODEL_FAMILIES]
+    if taken:
+        raise ValueError(f"register_family({family.name!r}): {', '.join(taken)} already taken; choose new ones")
     FAMILIES[family.name] = family
     for alias in family.model_names:
         MODEL_NAMES[alias] = family.name

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..config import ConfigError
 from ..fusion import parse_fusion
 from ..share_transform import share
-from ..sharing import SharingPlan, build_plan, parse_scope, refuse_beside_plan
+from ..sharing import SharingError, SharingPlan, build_plan, parse_scope, refuse_beside_plan
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 PLAN_KEYS = ("share_rate", "num_sets", "distribution", "mapping", "seed", "scope")
@@ -85,6 +85,9 @@ def apply_sharing(model: nn.Module, plan_kwargs: dict) -> nn.Module:
     plan = resolve_plan(depth, plan_kwargs) or SharingPlan.unshared(depth)
     fusion = plan_kwargs.get("fusion")
     if not plan.is_shared and not parse_fusion(fusion):
+        if plan_kwargs.get("relax") not in (None, "none", "None", ""):
+            raise SharingError(f"relax={plan_kwargs['relax']!r} adds per-layer deltas to shared sets; this model "
+                               f"shares nothing (give share_rate >= 2, num_sets, a plan, or a fusion)")
         return model
     # A model built from its keywords starts from scratch: its deltas at their init (plain WS).
     return share(model, plan=plan, fusion=fusion, relax=plan_kwargs.get("relax"),
