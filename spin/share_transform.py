@@ -35,6 +35,11 @@ a forward only inside an explicit no-grad ``with spin.cached(model):`` block, wh
 that no weight changes in it (deployment: ``spin.fuse`` removes the fusion altogether).
 
 Buffers (BatchNorm running statistics) stay per layer whatever the scope.
+
+Compilers: ``torch.export`` and ``torch.compile`` run the hooks and trace what they compute.
+TorchScript and ``torch.fx.symbolic_trace`` cannot keep them (a scripted or traced WS model would
+lose its sets, a WFWS one its fusion), so both are refused with a :class:`SharingError`. timm's
+``group_matcher`` (layer-wise LR decay) maps ``shared.sets.{g}`` to the deepest layer that reads set g.
 """
 from __future__ import annotations
 
@@ -42,9 +47,11 @@ import contextlib
 import copy
 import fnmatch
 import numbers
+import re
 from typing import Callable, Optional, Sequence, Union
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from .fusion import coefficient_shape, fuse_group, parse_fusion
@@ -52,7 +59,7 @@ from .relax import fit_init, parse_relax, relax_apply, relax_shapes, zero_init
 from .sharing import SharingError, SharingPlan, build_plan, parse_scope, refuse_beside_plan, scope_patterns
 
 __all__ = ["SharedSets", "cached", "family_of", "fit_relax_deltas", "fuse", "layer_weights", "param_tree",
-           "register_family", "share", "shared_sets_of", "sharing_of", "unique_parameters",
+           "refuse_wfws_prune", "register_family", "share", "shared_sets_of", "sharing_of", "unique_parameters",
            "SharedBlocks", "bank_of", "init_relax"]  # the last three: former names
 
 # Model class -> (family, its named scope parts when they differ from spin.sharing.SCOPES[family]).
@@ -138,6 +145,10 @@ class SharedSets(nn.Module):
                 f"fusion={self.fusion}, relax={self.relax}{self.relax_rank or ''}, "
                 f"scope={'+'.join(self.plan.scope) or 'default'}")
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling anything.
+        raise SharingError(_NOT_TRACEABLE.format(what="TorchScript cannot compile"))
+
     @property
     def static(self) -> bool:
         """True when every block reads a Parameter itself (WS, no relax): it stays on the block
@@ -221,7 +232,20 @@ def _read(slot) -> torch.Tensor:
     return slot[0]._parameters[slot[1]]
 
 
+_NOT_TRACEABLE = ("{what} the forward hooks through which the blocks of a shared model read their sets; "
+                  "use torch.export.export(model, (x,)) (for deployment: spin export), or the vanilla model")
+
+
+def _refuse_symbolic(args) -> None:
+    """torch.fx.symbolic_trace runs hooks with Proxy inputs; the GraphModule it builds would not
+    (a WS graph without its sets, a WFWS graph of the unfused weights). torch.export and
+    torch.compile trace real or fake tensors and keep what the hooks compute."""
+    if args and isinstance(args[0], torch.fx.Proxy):
+        raise SharingError(_NOT_TRACEABLE.format(what="torch.fx cannot trace"))
+
+
 def _open_pass(stack: nn.Module, args) -> None:
+    _refuse_symbolic(args)
     stack.__dict__[_KEY]._pass = {}
 
 
@@ -230,7 +254,13 @@ def _close_pass(stack: nn.Module, args, output) -> None:
 
 
 def _inject(block: nn.Module, args) -> None:
+    _refuse_symbolic(args)
     shared, i, targets = block.__dict__[_KEY]
+    if shared.fusion is not None and shared._root.get_submodule(shared.blocks_path) is not shared._stack:
+        raise SharingError(
+            f"the block stack {shared.blocks_path} of this WFWS model was replaced (prune_intermediate_layers, "
+            f"a slice): its fused sets read every member layer, and the dropped ones are no longer in the "
+            f"model; prune spin.fuse(model), its WS export, instead")
     for mod, attr, name in targets:
         object.__setattr__(mod, attr, shared.layer_tensor(i, name))
 
@@ -301,6 +331,9 @@ def _install(model: nn.Module, stack: nn.Module, plan: SharingPlan, fusion: Opti
     shared.bn_names = tuple(n for n in names if isinstance(stack[0].get_submodule(n.rpartition(".")[0]),
                                                          nn.modules.batchnorm._BatchNorm))
     model.add_module("shared", shared)
+    object.__setattr__(shared, "_root", model)  # a reference, not a submodule
+    if callable(getattr(type(model), "group_matcher", None)):
+        model.__dict__["group_matcher"] = SharedGroupMatcher(model)
     for i, block in enumerate(stack):
         targets = []
         for n in names:
@@ -329,8 +362,37 @@ def _uninstall(model: nn.Module) -> SharedSets:
         if module is not shared._stack:
             _release(module, (), None)
         module.__dict__.pop(_KEY, None)
+    model.__dict__.pop("group_matcher", None)
     del model.shared
     return shared
+
+
+class SharedGroupMatcher:
+    """timm's ``model.group_matcher`` (parameter groups for layer-wise LR decay) for a shared model:
+    its class's matcher, with each shared tensor in the group of a layer that reads it: layer i's
+    coefficients and deltas (``shared.coeffs.{i}``, ``shared.relax_params.{i}``) with layer i, set g
+    (``shared.sets.{g}``) with the deepest layer that reads it, so layer decay scales no set below
+    the rate of any layer it serves. An instance attribute, set by :func:`share`."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, coarse: bool = False) -> dict:
+        model, shared = self.model, shared_sets_of(self.model)
+        matcher = type(model).group_matcher(model, coarse)
+        owners = [(rf"^shared\.sets\.{g}\.", max(members)) for g, members in enumerate(shared.plan.groups)]
+        owners += [(rf"^shared\.(?:coeffs|relax_params)\.{i}\.", i) for i in range(shared.plan.depth)]
+        specs = {name: [(spec, None)] if isinstance(spec, str) else list(spec)
+                 for name, spec in matcher.items() if spec is not None}
+        extra: dict = {name: [] for name in specs}
+        for pattern, layer in owners:
+            probe = f"{shared.blocks_path}.{layer}."
+            hit = next(((name, m, suffix) for name, group in specs.items() for regex, suffix in group
+                        if (m := re.match(regex, probe))), None)
+            if hit is not None:  # the layer's own ordinal: its regex groups, then the spec's suffix
+                name, m, suffix = hit
+                extra[name].append((pattern, m.groups() + tuple(suffix or ())))
+        return {name: (extra[name] + specs[name] if extra.get(name) else spec) for name, spec in matcher.items()}
 
 
 @contextlib.contextmanager
@@ -347,6 +409,15 @@ def cached(model: nn.Module):
     finally:
         for m in holders:
             m._scoped = None
+
+
+def refuse_wfws_prune(model: nn.Module) -> None:
+    """For a model's ``prune_intermediate_layers``: a WFWS model cannot drop blocks (its fused sets
+    read every member layer, and its state dict would no longer rebuild it)."""
+    shared = shared_sets_of(model)
+    if shared is not None and shared.fusion is not None:
+        raise SharingError("prune_intermediate_layers would drop member layers of this WFWS model's fused sets "
+                           "(its state dict could not rebuild it); prune spin.fuse(model), its WS export, instead")
 
 
 def shared_sets_of(model: nn.Module) -> Optional[SharedSets]:

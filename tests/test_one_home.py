@@ -73,11 +73,12 @@ def test_model_name_may_name_a_registry_builder():
     # the section's keys are the architecture (what check, identity and spin stats read); the
     # builder gives its own pretrained cfg
     assert m.embed_dim == cfg.VIT.EMBED_DIM == 384 and len(m.blocks) == 2
-    assert m.pretrained_cfg["architecture"] == "deit_tiny_patch16_224"
     assert m(torch.rand(1, 3, 32, 32)).shape == (1, 3)
     cfg.defrost()
-    cfg.MODEL.MODEL_NAME = "DeiT"
-    assert m.pretrained_cfg["architecture"] != build_model(cfg).pretrained_cfg["architecture"]
+    cfg.MODEL.MODEL_NAME = "convmixer_768_32"  # the original block's builder: the section still decides
+    cfg.CONVMIXER.CHANNEL, cfg.CONVMIXER.DEPTH = 16, 2
+    m = build_model(cfg)
+    assert m.dim == 16 and len(m.blocks) == 2 and m.blocks[0].pointwise_residual is cfg.CONVMIXER.POINTWISE_RESIDUAL
     with pytest.raises(ConfigError, match="shared variant.*name its vanilla builder deit_tiny_patch16_224"):
         build_model(load_config([], ["MODEL.MODEL_NAME", "ws_deit_tiny_patch16_224"]))
     with pytest.raises(ConfigError, match="unknown MODEL.MODEL_NAME 'deit_huge'"):

@@ -13,28 +13,36 @@ state-dict hooks at the bottom map this model's keys to upstream's ``pwise_w.{j}
 / ``reduction_w.{i}`` and back (timm's ``checkpoint_filter_fn`` idea, applied by PyTorch's own
 hooks so every ``state_dict()`` / ``load_state_dict()`` speaks it: the engine, EMA, DDP, a user's
 ``torch.save``). Layouts of earlier spin versions load too.
-"""
-from __future__ import annotations
 
+The timm contract is complete: ``forward_features`` / ``forward_head`` (``global_pool`` avg, max,
+fast, ... or '' for none), ``forward_intermediates`` / ``prune_intermediate_layers`` /
+``feature_info`` (one entry per block), ``set_grad_checkpointing``, ``group_matcher``; vanilla models
+script and trace with torch.fx. (No ``from __future__ import annotations``: a torch.fx graph
+copies the forward's annotations, and TorchScript cannot resolve them as strings.)
+"""
 import re
-from typing import Optional, Union
+from typing import Optional
 
 import torch
+import torch.fx
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath
+from timm.layers import ClassifierHead, DropPath
 
 from ..fusion import parse_fusion
 from ..sharing import SharingError, SharingPlan
 from ..share_transform import share, shared_sets_of
 from .family import Family, register_family
-from .registry import build_shared, register_model
+from .registry import build_shared, register_model, timm_cfg, with_cfg
+from .timm_api import IsotropicFeatures
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 # SPIN's evaluation: resize 256, centre crop 224, bicubic, ImageNet mean/std.
 PRETRAINED_CFG = dict(num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.875,
                       interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
                       first_conv="patch_embed.conv", classifier="head.fc")
+# The original ConvMixers: timm's preprocessing (crop 0.96), this model's layer names.
+TIMM_CFG = dict(timm_cfg("convmixer_768_32"), first_conv="patch_embed.conv", classifier="head.fc")
 
 
 def _act(name: str) -> nn.Module:
@@ -59,6 +67,16 @@ class _NHWCGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad.contiguous(memory_format=torch.channels_last)
+
+
+def _nhwc_grad(x: torch.Tensor) -> torch.Tensor:
+    if torch.jit.is_scripting():  # a CPU backward speed-up only; TorchScript has no autograd.Function
+        return x
+    else:
+        return _NHWCGrad.apply(x) if x.requires_grad else x
+
+
+torch.fx.wrap("_nhwc_grad")  # a graph node of its own: the requires_grad test runs when the graph does
 
 
 class PatchEmbed(nn.Module):
@@ -96,21 +114,7 @@ class MixerBlock(nn.Module):
         return self.drop_path(y).add_(x) if self.pointwise_residual else y
 
 
-class ClassifierHead(nn.Module):
-    """(B, C, H, W) -> (B, classes): global average pool, dropout, linear (key ``head.fc``)."""
-
-    def __init__(self, dim: int, num_classes: int, drop_rate: float):
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x, pre_logits: bool = False):
-        x = self.dropout(self.pool(x).flatten(1))
-        return x if pre_logits else self.fc(x)
-
-
-class SpinConvMixer(nn.Module):
+class SpinConvMixer(IsotropicFeatures, nn.Module):
     """ConvMixer; ``plan`` / ``fusion`` / ``relax`` share it with :func:`spin.share` (upstream's
     one class for vanilla, WS and WFWS: WSConvMixer)."""
 
@@ -133,9 +137,13 @@ class SpinConvMixer(nn.Module):
         drop_path_rate: float = 0.0,
         relax: Optional[str] = None,
         relax_rank: int = 0,
+        global_pool: str = "avg",
+        bn_momentum: Optional[float] = None,
+        bn_eps: Optional[float] = None,
     ):
         super().__init__()
         self.dim, self.depth, self.num_classes, self.num_features = dim, depth, num_classes, dim
+        self.grad_checkpointing = False
         # NHWC activations: oneDNN's depthwise and 1x1 convolutions run 2-10x faster than on NCHW
         # on the CPU (bench/), and cuDNN prefers NHWC for AMP. Only the layout changes, not the math.
         self.channels_last = channels_last
@@ -145,10 +153,18 @@ class SpinConvMixer(nn.Module):
         # Sequential, called whole: a WFWS stack call fuses each group once (spin.share).
         self.blocks = nn.Sequential(*[MixerBlock(dim, kernel_size, act, pointwise_residual, rates[i])
                                       for i in range(depth)])
-        self.head = ClassifierHead(dim, num_classes, drop_rate)
+        self.head = ClassifierHead(dim, num_classes, global_pool, drop_rate)
+        self.head_hidden_size = dim * self.head.global_pool.feat_mult()  # the pre-logits width
+        stride = patch_stride or patch_kernel
+        self.feature_info = [dict(num_chs=dim, reduction=stride, module=f"blocks.{i}") for i in range(depth)]
+        side = (224 + 2 * patch_padding - patch_kernel) // stride + 1
         self.pretrained_cfg = self.default_cfg = dict(
-            PRETRAINED_CFG, num_classes=num_classes, input_size=(in_chans, 224, 224))
+            PRETRAINED_CFG, num_classes=num_classes, input_size=(in_chans, 224, 224), pool_size=(side, side))
         self._init_weights()
+        for m in self.modules():  # timm's train.py --bn-momentum / --bn-eps
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = m.momentum if bn_momentum is None else bn_momentum
+                m.eps = m.eps if bn_eps is None else bn_eps
         self.register_state_dict_post_hook(_to_published)
         self.register_load_state_dict_pre_hook(_from_published)
         if (plan is not None and plan.is_shared) or parse_fusion(fusion):
@@ -170,35 +186,43 @@ class SpinConvMixer(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^patch_embed", blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None)])
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, H/P, W/P)."""
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = self.blocks(self.patch_embed(x))
-        if self.channels_last and x.requires_grad:
-            x = _NHWCGrad.apply(x)
+        x = self.run_blocks(self.embed(x))
+        if self.channels_last:
+            x = _nhwc_grad(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
-    def forward(self, x: Union[torch.Tensor, list, tuple]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, (list, tuple)):  # SlowFast passes a list of pathways; images have one
             if len(x) != 1:
                 raise ValueError(f"expected a tensor or a one-element list, got {len(x)} inputs")
             x = x[0]
         return self.forward_head(self.forward_features(x))
 
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int):
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier (``num_classes`` 0: none) and, unless None, global pooling ('' for none)."""
         self.num_classes = num_classes
-        fc = nn.Linear(self.dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.reset(num_classes, pool_type=global_pool)
+        self.head_hidden_size = self.dim * self.head.global_pool.feat_mult()
         if num_classes > 0:
-            nn.init.normal_(fc.weight, 0.0, 0.01)
-            nn.init.zeros_(fc.bias)
-        self.head.fc = fc.to(self.patch_embed.conv.weight.device)
+            nn.init.normal_(self.head.fc.weight, 0.0, 0.01)
+            nn.init.zeros_(self.head.fc.bias)
+        self.head.to(self.patch_embed.conv.weight.device)
 
 
 
@@ -288,24 +312,28 @@ _SPIN_768 = dict(dim=768, depth=32, patch_kernel=14, kernel_size=3, act="relu")
 
 
 @register_model
+@with_cfg(dict(PRETRAINED_CFG, pool_size=(16, 16)))
 def convmixer_768_32_14_3(**kwargs) -> SpinConvMixer:
     """SPIN's vanilla ConvMixer (76.32% top-1 published)."""
     return _create(_SPIN_768, **kwargs)
 
 
 @register_model
+@with_cfg(dict(PRETRAINED_CFG, pool_size=(16, 16)))
 def ws_convmixer_768_32_14_3(**kwargs) -> SpinConvMixer:
     """WS-ConvMixer, rate 2, uniform/sequential (74.27% published)."""
     return _create(dict(_SPIN_768, share_rate=2), **kwargs)
 
 
 @register_model
+@with_cfg(dict(PRETRAINED_CFG, pool_size=(16, 16)))
 def wfws_convmixer_768_32_14_3(**kwargs) -> SpinConvMixer:
     """WFWS-ConvMixer: all 32 pretrained sets, mean-fused to 16 on every forward (75.21%)."""
     return _create(dict(_SPIN_768, share_rate=2, fusion="mean"), **kwargs)
 
 
 @register_model
+@with_cfg(dict(TIMM_CFG, pool_size=(32, 32)))
 def convmixer_768_32(**kwargs) -> SpinConvMixer:
     """The original ConvMixer-768/32 (timm layout: K7 P7, ReLU, no pointwise residual)."""
     return _create(dict(dim=768, depth=32, patch_kernel=7, kernel_size=7, act="relu",
@@ -313,6 +341,7 @@ def convmixer_768_32(**kwargs) -> SpinConvMixer:
 
 
 @register_model
+@with_cfg(dict(TIMM_CFG, pool_size=(32, 32)))
 def convmixer_1536_20(**kwargs) -> SpinConvMixer:
     """The original ConvMixer-1536/20 (timm layout: K9 P7, GELU, no pointwise residual)."""
     return _create(dict(dim=1536, depth=20, patch_kernel=7, kernel_size=9, act="gelu",

@@ -6,14 +6,12 @@ is ``token+channel``, the analogue of the paper's DeiT choice (everything but th
 """
 from __future__ import annotations
 
-from timm.models import get_pretrained_cfg
 from timm.models.mlp_mixer import MlpMixer
 
 from .family import Family, register_family
-from .registry import create_timm, register_shared_variants
+from .registry import create_timm, register_shared_variants, timm_cfg, with_cfg
 from .vit import fixed_input_problems
 
-PRETRAINED_CFG = get_pretrained_cfg("mixer_s16_224").to_dict()  # timm's Mixer preprocessing
 
 
 def mlp_mixer(variant: str = "mixer_s16_224", **kwargs) -> MlpMixer:
@@ -24,12 +22,14 @@ def mlp_mixer(variant: str = "mixer_s16_224", **kwargs) -> MlpMixer:
 
 
 @register_shared_variants
+@with_cfg(timm_cfg("mixer_s16_224"))
 def mixer_s16_224(**kwargs) -> MlpMixer:
     """Mixer-S/16 (18.5M parameters)."""
     return mlp_mixer("mixer_s16_224", **kwargs)
 
 
 @register_shared_variants
+@with_cfg(timm_cfg("mixer_b16_224"))
 def mixer_b16_224(**kwargs) -> MlpMixer:
     """Mixer-B/16 (59.9M parameters; 76.4% published, ImageNet-1k)."""
     return create_timm(MlpMixer, "mixer_b16_224", dict(patch_size=16, num_blocks=12, embed_dim=768), **kwargs)

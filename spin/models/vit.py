@@ -9,13 +9,10 @@ load strictly. Shared variants keep timm's class and forward; the named parts of
 """
 from __future__ import annotations
 
-from timm.models import get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer
 
 from .family import Family, register_family
-from .registry import create_timm, register_shared_variants
-
-PRETRAINED_CFG = get_pretrained_cfg("deit_small_patch16_224").to_dict()  # timm's DeiT preprocessing
+from .registry import create_timm, register_shared_variants, timm_cfg, with_cfg
 
 
 _DEIT = dict(patch_size=16, depth=12, mlp_ratio=4.0, qkv_bias=True)
@@ -30,6 +27,7 @@ def vision_transformer(variant: str = "deit_small_patch16_224", **kwargs) -> Vis
 
 
 @register_shared_variants
+@with_cfg(timm_cfg("deit_tiny_patch16_224"))
 def deit_tiny_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT-Ti (5.7M parameters, 72.2% published by DeiT)."""
     return create_timm(VisionTransformer, "deit_tiny_patch16_224", dict(_DEIT, embed_dim=192, num_heads=3),
@@ -37,12 +35,14 @@ def deit_tiny_patch16_224(**kwargs) -> VisionTransformer:
 
 
 @register_shared_variants
+@with_cfg(timm_cfg("deit_small_patch16_224"))
 def deit_small_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT-S (22.05M parameters, 79.8% published by DeiT; SPIN's run 80.52%)."""
     return vision_transformer("deit_small_patch16_224", **kwargs)
 
 
 @register_shared_variants
+@with_cfg(timm_cfg("deit_base_patch16_224"))
 def deit_base_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT-B (86.6M parameters, 81.8% published by DeiT)."""
     return create_timm(VisionTransformer, "deit_base_patch16_224", dict(_DEIT, embed_dim=768, num_heads=12),
