@@ -28,7 +28,10 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
             continue
         sec, _, name = key.rpartition(".")
         value = (cfg[sec] if sec else cfg)[name]
-        need(str(value).lower() in {a.lower() for a in allowed}, f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
+        norm, known = str(value).lower(), {a.lower() for a in allowed}
+        prefix, _, rest = norm.partition("/")  # a timm name (wds/NAME): its prefix decides
+        need(norm in known or (key.endswith(".DATASET") and bool(rest) and f"{prefix}/name" in known),
+             f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
 
     # ------------------------------------------------------------------ model and plan
     from ..models.factory import family_of, fusion_from_cfg, plan_from_cfg, relax_from_cfg
@@ -78,6 +81,10 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
          f"DATA.TRAIN_JITTER_ASPECT_RELATIVE must be [min, max] with 0 < min <= max, got {ar}")
     need(d.TRAIN_IMAGES_PER_CLASS >= 0,
          f"DATA.TRAIN_IMAGES_PER_CLASS must be >= 0 (0: all), got {d.TRAIN_IMAGES_PER_CLASS}")
+    for key in ("TRAIN_NUM_SAMPLES", "VAL_NUM_SAMPLES"):
+        need(d[key] >= 0, f"DATA.{key} must be >= 0 (0: the count the source records), got {d[key]}")
+    for key in ("TRAIN_SPLIT", "VAL_SPLIT"):
+        need(bool(str(d[key]).strip()), f"DATA.{key} is empty; name a split (train, val, validation, ...)")
     need(cfg.DATA_LOADER.NUM_WORKERS >= 0,
          f"DATA_LOADER.NUM_WORKERS must be >= 0, got {cfg.DATA_LOADER.NUM_WORKERS}")
     a, m = cfg.AUG, cfg.MIXUP

@@ -49,6 +49,14 @@ _C.DATA.VAL_CROP_RATIO = 0.875
 _C.DATA.DOWNLOAD = False
 # Train on the first N images of each class (sorted file order; 0 = all): small-data studies.
 _C.DATA.TRAIN_IMAGES_PER_CLASS = 0
+# Split names (timm's --train-split / --val-split); where a source lacks one, timm's synonyms stand
+# in (validation for val). WebDataset shards without _info.json: a shard pattern, name-{000000..000009}.tar.
+_C.DATA.TRAIN_SPLIT = "train"
+_C.DATA.VAL_SPLIT = "val"
+# Images in a split of an iterable source that does not record it (timm's --train-num-samples /
+# --val-num-samples); 0 = the count the source records.
+_C.DATA.TRAIN_NUM_SAMPLES = 0
+_C.DATA.VAL_NUM_SAMPLES = 0
 
 # ------------------------------------------------------------------------------ model
 # Each model family adds its own architecture section (CONVMIXER, VIT, CONVNEXT, MIXER) when it
@@ -169,13 +177,15 @@ _C.DIST_BACKEND = "nccl"
 # own choices when they register.
 MODEL_FAMILIES: dict[str, str] = {}
 FAMILY_SECTIONS: dict[str, str] = {}
+TIMM_DATASETS = ("tar", "hfds/NAME", "hfids/NAME", "wds/NAME", "tfds/NAME", "torch/NAME")
 CHOICES = {
     "MODEL.MODEL_NAME": (),
     "MODEL.LOSS_FUNC": ("cross_entropy", "soft_cross_entropy"),
     "SOLVER.OPTIMIZING_METHOD": ("adamw", "adam", "sgd"),
     "SOLVER.LR_POLICY": ("onecycle", "cosine", "constant"),
-    "TRAIN.DATASET": ("imagenet", "folder", "digits", "mnist", "cifar10", "cifar100"),
-    "TEST.DATASET": ("imagenet", "folder", "digits", "mnist", "cifar10", "cifar100"),
+    # spin's own data sets, then timm's formats (NAME: any name, as timm takes it)
+    "TRAIN.DATASET": ("imagenet", "folder", "digits", "mnist", "cifar10", "cifar100") + TIMM_DATASETS,
+    "TEST.DATASET": ("imagenet", "folder", "digits", "mnist", "cifar10", "cifar100") + TIMM_DATASETS,
     "TRAIN.AMP_DTYPE": ("float16", "bfloat16"),
     "AUG.INTERPOLATION": ("bicubic", "bilinear", "nearest"),
     "AUG.RE_MODE": ("const", "rand", "pixel"),

@@ -1,5 +1,7 @@
 """The image-folder data set (ImageNet layout): ROOT/{train,val}/<class>/<image>.
 
+The split folders are DATA.TRAIN_SPLIT / DATA.VAL_SPLIT (train, val); where that folder is absent,
+timm's synonyms stand in for it (training for train; valid, validation, eval, evaluation for val).
 Classes are the sorted sub-folder names of ``train``, numbered 0..N-1; ``val`` must have the same
 class folders, and every class folder must hold an image. Class folders may be symlinks (shared
 storage); inside them symlinked folders are followed only into places no other class owns and
@@ -29,6 +31,27 @@ class DataError(SpinError, ValueError):
     """A data set that cannot be used as given; the message says where and how to fix it."""
 
 
+def split_name(requested: str, present) -> str:
+    """The split to read for ``requested``: itself if ``present`` (the source's split names) has
+    it, else the first of its timm synonyms there (a folder's validation/ for val), else itself
+    (the reader then names what is missing)."""
+    present = list(present)
+    if requested in present:
+        return requested
+    from timm.data.dataset_factory import _EVAL_SYNONYM, _TRAIN_SYNONYM  # timm's own lists, in its order
+
+    for group in (_TRAIN_SYNONYM, _EVAL_SYNONYM):
+        if requested in group:
+            return next((s for s in group if s in present), requested)
+    return requested
+
+
+def split_dir(root: str, requested: str, suffix: str = "") -> str:
+    """The name of ROOT's entry for split ``requested`` (a folder, or a file ending in ``suffix``)."""
+    present = [n[:len(n) - len(suffix)] for n in os.listdir(root) if n.endswith(suffix)] if os.path.isdir(root) else []
+    return split_name(requested, present) + suffix
+
+
 def list_classes(split_dir: str) -> list[str]:
     if not os.path.isdir(split_dir):
         raise DataError(f"data folder {split_dir!r} does not exist; DATA.PATH_TO_DATA_DIR must hold "
@@ -41,7 +64,8 @@ def list_classes(split_dir: str) -> list[str]:
 
 
 def check_splits(root: str, splits=("train", "val")) -> list[str]:
-    """Class names, after checking that every split has the same class folders."""
+    """Class names, after checking that every split has the same class folders. ``splits`` are
+    folder names as :func:`split_dir` resolved them."""
     if not root:
         raise DataError("DATA.PATH_TO_DATA_DIR is empty; set it to a folder holding train/ and val/")
     if not os.path.isdir(root):

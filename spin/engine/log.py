@@ -101,8 +101,9 @@ class MetricLogger:
     of the whole run) and writes a ``train_iter`` json_stats line every ``log_period`` steps."""
 
     def __init__(self, header: str, total: int, log_period: int, device: torch.device,
-                 bar: bool = False, iters_after: int = 0):
+                 bar: bool = False, iters_after: int = 0, stop_at_total: bool = True):
         self.header, self.total, self.log_period, self.device = header, total, log_period, device
+        self.stop_at_total = stop_at_total  # False: ``total`` only sizes the bar and the ETA
         self.iters_after = iters_after  # iterations of the run after this pass (for the ETA)
         self.bar = None
         if bar and console_is_terminal():
@@ -125,7 +126,7 @@ class MetricLogger:
     def log_every(self, iterable):
         end = time.perf_counter()
         for i, batch in enumerate(iterable):
-            if i >= self.total:
+            if self.stop_at_total and i >= self.total:
                 break
             t_data = time.perf_counter() - end
             yield batch

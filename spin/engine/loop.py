@@ -108,7 +108,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, channels_last: bool
     model.eval()
     crit = nn.CrossEntropyLoss(reduction="sum")
     loss_sum = top1 = top5 = n = skipped = 0.0
-    logger = MetricLogger("eval", len(loader), 0, device, bar=progress)
+    # every batch: an iterable set's loader length is an estimate (each worker ends on a partial batch)
+    logger = MetricLogger("eval", len(loader), 0, device, bar=progress, stop_at_total=False)
     for images, targets, n_skip in logger.log_every(loader):
         skipped += n_skip
         if images is None:

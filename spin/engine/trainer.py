@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..config import check_cfg
-from ..data import DataError, build_dataset, build_loader
+from ..data import DataError, build_dataset, build_loader, data_notes, is_iterable, num_images, set_epoch
 from ..models import build_model
 from ..share_transform import sharing_of, unique_parameters
 from . import checkpoint as cu
@@ -83,6 +83,13 @@ def _datasets(cfg, train: bool):
     train_set = build_dataset(cfg, "train") if train else None
     val_set = build_dataset(cfg, "val")
     classes = list(getattr(val_set, "classes", []))
+    named = [getattr(s, "classes", None) for s in (train_set, val_set) if not getattr(s, "integer_labels", False)]
+    if len(named) == 2 and named[0] and named[1] and list(named[0]) != list(named[1]):
+        only_t = [c for c in named[0] if c not in named[1]][:5]
+        only_v = [c for c in named[1] if c not in named[0]][:5]
+        raise DataError(f"the train and val splits name different classes ({len(named[0])} / {len(named[1])}; only in "
+                        f"train: {only_t}, only in val: {only_v}, or another order): their labels would not agree; "
+                        f"give both splits the same classes")
     if classes and len(classes) > cfg.MODEL.NUM_CLASSES:
         raise DataError(f"the data set has {len(classes)} classes but MODEL.NUM_CLASSES is "
                         f"{cfg.MODEL.NUM_CLASSES}; set MODEL.NUM_CLASSES {len(classes)}")
@@ -105,6 +112,14 @@ def _wrap(model: nn.Module, cfg, info: DistInfo) -> nn.Module:
     if cfg.TRAIN.COMPILE:
         model = torch.compile(model)
     return model
+
+
+def _eval_model(wrapped: nn.Module, core: nn.Module, val_set, info: DistInfo) -> nn.Module:
+    """What evaluates: the wrapped model, except for an iterable val set under DDP. Rank 0 alone
+    evaluates that (see spin.data), and DDP's first forward after training broadcasts buffers,
+    a collective the other ranks would never join; the plain module on rank 0 computes what the
+    wrapped one would (rank 0's buffers are the ones DDP broadcasts)."""
+    return core if info.distributed and is_iterable(val_set) else wrapped
 
 
 def _val_loader(cfg, val_set, info: DistInfo):
@@ -152,7 +167,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
     per_proc = cfg.TRAIN.BATCH_SIZE // info.local_world_size
     train_loader = build_loader(cfg, train_set, True, per_proc, info.rank, info.world_size)
     if len(train_loader) == 0:
-        raise DataError(f"{len(train_set)} training images give no full batch of {per_proc} per "
+        raise DataError(f"{num_images(train_set)} training images give no full batch of {per_proc} per "
                         f"process; lower TRAIN.BATCH_SIZE")
     val_loader = _val_loader(cfg, val_set, info)
     mixup = build_mixup(cfg, cfg.MODEL.NUM_CLASSES)
@@ -181,17 +196,18 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
             if diff:
                 log.info("the config differs from this folder's previous run (kept in config_history/):\n"
                          + diff.rstrip())
-        for m in messages:
+        for m in messages + data_notes(cfg, train_set, val_set, info.world_size):
             log.info(m)
         if fusion and start_epoch == 0 and not cfg.TRAIN.CHECKPOINT_FILE_PATH:
             log.warning("WFWS model without TRAIN.CHECKPOINT_FILE_PATH: its D sets start random; the "
                         "SPIN recipe starts them from a pretrained vanilla checkpoint")
         log.info(f"model {cfg.MODEL.MODEL_NAME}: {n_params:,} parameters ({unique_parameters(model):,} "
                  f"unique), plan sets {list(plan.layer_to_set) if plan else 'none'}, fusion {fusion}; "
-                 f"device {info.device}, {info.world_size} process(es); train {len(train_set)} / val "
-                 f"{len(val_set)} images, {len(classes)} classes")
+                 f"device {info.device}, {info.world_size} process(es); train {num_images(train_set) or '?'} / val "
+                 f"{num_images(val_set) or '?'} images, {len(classes)} classes")
         core = model
         model = _wrap(model, cfg, info)
+        evaluated = _eval_model(model, core, val_set, info)
         max_epoch = cfg.SOLVER.MAX_EPOCH
         reduce = _reduce(info)
         best = min((float(r["val_top1_err"]) for r in csv.rows() if r.get("val_top1_err")), default=None)
@@ -201,8 +217,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
             # Each epoch is a function of (state at its start, seed, epoch): a resumed run repeats it.
             seed = cfg.RNG_SEED * 100_003 + epoch * 1_009 + info.rank
             seed_everything(seed)
-            train_loader.sampler.set_epoch(epoch)
-            train_loader.generator.manual_seed(seed)
+            set_epoch(train_loader, epoch, seed)
             stats = train_one_epoch(
                 model, train_loader, optimizer, loss_fn, info.device, epoch, max_epoch,
                 lr_at=lambda e: get_lr_at_epoch(cfg, e), scaler=scaler, amp_dtype=amp_dtype,
@@ -218,7 +233,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
                 record["train_top1_err"] = stats["top1_err"]
             last = epoch + 1 == max_epoch
             if (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last:
-                val = evaluate(model, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
+                val = evaluate(evaluated, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
                 best = val["top1_err"] if best is None else min(best, val["top1_err"])
                 record.update(val_loss=val["loss"], val_top1_err=val["top1_err"],
                               val_top5_err=val["top5_err"], val_samples=val["samples"], min_top1_err=best)
@@ -241,7 +256,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
         if start_epoch >= max_epoch:  # already trained (e.g. run.sh again): report, do not retrain
             log.info(f"{last_ck} already finished SOLVER.MAX_EPOCH {max_epoch}; evaluating it "
                      f"(raise MAX_EPOCH or change OUTPUT_DIR to train more)")
-            val = evaluate(model, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
+            val = evaluate(evaluated, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
             log_json_stats({"_type": "val_epoch", "epoch": f"{max_epoch}/{max_epoch}",
                             "top1_err": val["top1_err"], "top5_err": val["top5_err"],
                             "loss": val["loss"], "samples": val["samples"]})
@@ -281,7 +296,8 @@ def test(cfg, info: Optional[DistInfo] = None) -> dict:
     _, val_set, classes = _datasets(cfg, train=False)
     model, _, ck = cu.build_model_from_checkpoint(path, cfg=cfg)
     cu.check_eval_classes(ck, classes, path)
-    model = _wrap(_prepare(model, cfg, info), cfg, info)
+    model = _prepare(model, cfg, info)
+    model = _eval_model(_wrap(model, cfg, info), model, val_set, info)
     log = setup_logging(cfg.OUTPUT_DIR, info.is_master, cfg.LOG_JSON_TO_CONSOLE)
     res = evaluate(model, _val_loader(cfg, val_set, info), info.device, cfg.TRAIN.CHANNELS_LAST,
                    _reduce(info), info.is_master)

@@ -138,7 +138,9 @@ def verify_run(output_dir: str, path: str, in_loop: dict, epoch: int, val_loader
     def run(model):
         return evaluate(prepare(model), val_loader, device, channels_last, reduce)
 
-    probe, images = None, next(iter(val_loader))[0] if live is not None else None
+    # a rank without val batches (an iterable val set is evaluated by rank 0 alone) probes nothing
+    first = next(iter(val_loader), None) if live is not None else None
+    probe, images = None, first[0] if first is not None else None
     if images is not None:  # (B, 3, H, W), the loader's first batch
         images = images.to(device)
         if channels_last:

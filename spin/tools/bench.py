@@ -8,14 +8,23 @@ token-mixing matmul's shape as the machine's reference rate), each over warm-up 
 and an AdamW step; inference is a forward under ``torch.inference_mode``. Results are written
 (atomically, only after a preset finished) to ``--out``: ~/.cache/spin/bench unless given; the
 committed results live in bench/results.
+
+``--data`` measures the input pipeline instead: the images a DataLoader worker decodes and augments
+for training per second of its CPU time, at 224 px with the published augmentation (timm's
+RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, then mixup/cutmix on each batch as the train
+loop does), from JPEGs the bench writes (ImageNet-like 400x350), read as an image folder and as
+WebDataset shards, with 1 and 2 workers; wall-clock images/s beside it; and how many workers a GPU
+at timm's ConvMixer training throughput needs (GPU img/s / img/s per worker).
 """
 from __future__ import annotations
 
 import copy
 import glob
 import json
+import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import tempfile
@@ -45,6 +54,12 @@ MODELS = ("timm", "timm_cl", "spin_timm_block", "spin_vanilla", "spin_ws", "spin
 VIT_MODELS = ("timm", "spin_ws", "spin_wfws")
 REFERENCES = ("timm", "timm_cl")
 DEFAULT_OUT = os.path.join(os.path.expanduser("~"), ".cache", "spin", "bench")
+DATA_FORMATS = ("folder", "wds")
+# timm's published training throughput of its ConvMixer-768/32 (224 px, batch 96, AMP, channels_last,
+# one RTX 3090): results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv of huggingface/pytorch-image-models.
+TIMM_CONVMIXER_TRAIN_IMG_S = 187.17
+TIMM_CONVMIXER_SOURCE = ("timm convmixer_768_32 training, RTX 3090, AMP, channels_last "
+                         "(pytorch-image-models results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv)")
 
 
 class BenchError(SpinError, ValueError):
@@ -347,6 +362,121 @@ def gpu_check_report(out: str) -> str:
     return "\n".join(lines)
 
 
+def _bench_images(root: str, n: int, size: tuple[int, int], classes: int, shards: int, seed: int) -> float:
+    """``n`` JPEGs of ``size`` (w, h), smooth colour fields plus grain at quality 90, which at
+    400x350 come to ~100 KB, ImageNet's bytes per image (decoding costs per pixel and per byte), in
+    ROOT/folder/train/<class>/ (val/ with the same, empty, class folders: the folder format
+    checks them) and the same files as ``shards`` WebDataset shards in ROOT/wds. Returns their
+    mean size in KB."""
+    import numpy as np
+    from PIL import Image
+
+    from ..data.shards import write_shards
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    files = []
+    for i in range(n):
+        label = i % classes
+        base = Image.fromarray((rng.random((max(h // 4, 1), max(w // 4, 1), 3)) * 255).astype(np.uint8))
+        pixels = np.asarray(base.resize((w, h), Image.BICUBIC), dtype=np.float32) + rng.normal(0, 20, (h, w, 3))
+        folder = os.path.join(root, "folder", "train", f"c{label:03d}")
+        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.join(root, "folder", "val", f"c{label:03d}"), exist_ok=True)
+        path = os.path.join(folder, f"{i:05d}.jpg")
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+        files.append((path, label))
+
+    def samples():
+        for path, label in files:
+            with open(path, "rb") as f:
+                yield f.read(), "jpg", label
+
+    write_shards(os.path.join(root, "wds"), "train", samples(), -(-n // shards), "bench")
+    return sum(os.path.getsize(p) for p, _ in files) / n / 1024
+
+
+def _cpu_seconds(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def data_benchmark(images: int = 200, size: tuple[int, int] = (400, 350), batch: int = 32,
+                   workers=(1, 2), formats=DATA_FORMATS, warmup: int = 1, repeats: int = 3, classes: int = 10,
+                   cfg_file: str = "", gpu_img_s: float = TIMM_CONVMIXER_TRAIN_IMG_S, seed: int = 0) -> dict:
+    """Training images per second of spin's loader per format and worker count (see the module
+    docstring), through the trainer's own build_dataset, build_loader and build_mixup. Each pass
+    starts and ends its workers, as an epoch does; their CPU time (the rusage of the children
+    reaped) gives images per worker CPU second: what one worker delivers on a core of its own,
+    whatever else the machine runs. Wall-clock images/s is reported beside it."""
+    from ..config import load_config
+    from ..data import build_dataset, build_loader, set_epoch
+    from ..engine.trainer import build_mixup
+
+    root = tempfile.mkdtemp(prefix="spin-bench-data-")
+    runs = []
+    try:
+        kb = _bench_images(root, images, size, classes, 2 * max(workers), seed)
+        for fmt in formats:
+            for w in workers:
+                cfg = load_config([cfg_file] if cfg_file else [], [
+                    "TRAIN.DATASET", "folder" if fmt == "folder" else "wds/bench",
+                    "DATA.PATH_TO_DATA_DIR", os.path.join(root, fmt), "DATA.TRAIN_CROP_SIZE", "224",
+                    "DATA_LOADER.NUM_WORKERS", str(w), "DATA_LOADER.PIN_MEMORY", "False",
+                    "MODEL.NUM_CLASSES", str(classes), "RNG_SEED", str(seed)]
+                    + ([] if cfg_file else ["AUG.ENABLE", "True", "MIXUP.ENABLE", "True"]))
+                loader = build_loader(cfg, build_dataset(cfg, "train"), True, batch)
+                mixup = build_mixup(cfg, classes)
+                walls, per_cpu, main_cpu = [], [], []
+                for r in range(warmup + repeats):
+                    set_epoch(loader, r, seed + r)
+                    seen = 0
+                    start, kids, me = time.perf_counter(), _cpu_seconds(resource.RUSAGE_CHILDREN), \
+                        _cpu_seconds(resource.RUSAGE_SELF)
+                    for x, y, _ in loader:
+                        if mixup is not None:  # as the train loop: an even batch, mixed in the main process
+                            even = x.shape[0] - x.shape[0] % 2
+                            x, y = mixup(x[:even], y[:even])
+                        seen += x.shape[0]
+                    if r >= warmup:  # the pass ended its workers: their CPU time is in RUSAGE_CHILDREN
+                        walls.append(seen / (time.perf_counter() - start))
+                        per_cpu.append(seen / max(_cpu_seconds(resource.RUSAGE_CHILDREN) - kids, 1e-9))
+                        main_cpu.append((_cpu_seconds(resource.RUSAGE_SELF) - me) / seen * 1e3)
+                runs.append({"format": fmt, "workers": w, "img_s": statistics.median(walls),
+                             "img_s_per_worker": statistics.median(per_cpu),
+                             "main_cpu_ms_per_img": statistics.median(main_cpu)})
+        a, m = cfg.AUG, cfg.MIXUP
+        config = dict(images=images, image_size=list(size), jpeg_kb=kb, crop=224, batch=batch, workers=list(workers),
+                      formats=list(formats), warmup=warmup, repeats=repeats, aa=a.AA_TYPE if a.ENABLE else "",
+                      re_prob=a.RE_PROB if a.ENABLE else 0.0, mixup=m.ALPHA if m.ENABLE else 0.0,
+                      cutmix=m.CUTMIX_ALPHA if m.ENABLE else 0.0, cfg=cfg_file)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rate = {f: statistics.median(r["img_s_per_worker"] for r in runs if r["format"] == f) for f in formats}
+    return {"kind": "data", "config": config, "runs": runs,
+            "gpu": {"img_s": gpu_img_s, "source": TIMM_CONVMIXER_SOURCE if gpu_img_s == TIMM_CONVMIXER_TRAIN_IMG_S
+                    else "--gpu-img-s", "img_s_per_worker": rate,
+                    "workers_needed": {f: math.ceil(gpu_img_s / v) for f, v in rate.items()}},
+            "machine": machine_info(torch.device("cpu"))}
+
+
+def data_markdown(result: dict) -> str:
+    c, g = result["config"], result["gpu"]
+    aug = (f"RandAugment {c['aa'] or 'off'}, random erasing {c['re_prob']}, mixup {c['mixup']} / cutmix "
+           f"{c['cutmix']}")
+    lines = [f"**training input pipeline**: {c['images']} JPEGs {c['image_size'][0]}x{c['image_size'][1]} "
+             f"({c['jpeg_kb']:.0f} KB each), crop {c['crop']}, batch {c['batch']}, {aug} — "
+             f"{result['machine']['device']}, torch {result['machine']['torch']}", "",
+             "| format | workers | img/s (wall clock) | img/s per worker (per worker CPU second) | "
+             "main process CPU ms/img |", "|---|---|---|---|---|"]
+    lines += [f"| {r['format']} | {r['workers']} | {r['img_s']:.1f} | {r['img_s_per_worker']:.1f} | "
+              f"{r['main_cpu_ms_per_img']:.2f} |" for r in result["runs"]]
+    need = ", ".join(f"{f} {n} ({g['img_s_per_worker'][f]:.0f} img/s each)" for f, n in g["workers_needed"].items())
+    lines += ["", f"workers to feed {g['img_s']:.0f} img/s ({g['source']}) = GPU img/s / img/s per worker, "
+                  f"rounded up: {need}"]
+    return "\n".join(lines)
+
+
 def _write(path: str, text: str) -> None:
     from ..engine.runfolder import atomic_write
 
@@ -373,7 +503,21 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--onnx", action="store_true", help="also onnxruntime (CPU) inference of each model as exported")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help="folder for JSON and markdown (the committed results: --out bench/results)")
+    d = p.add_argument_group("input pipeline (--data)")
+    d.add_argument("--data", action="store_true",
+                   help="measure training images/s per loader worker (folder and WebDataset) instead of the models")
+    d.add_argument("--data-images", type=int, default=200, help="JPEGs the bench writes")
+    d.add_argument("--data-size", default="400x350", help="their size, WxH (ImageNet's mean is about 400x350)")
+    d.add_argument("--data-batch", type=int, default=32)
+    d.add_argument("--data-workers", default="1,2", help="comma list of DATA_LOADER.NUM_WORKERS to measure")
+    d.add_argument("--data-formats", default=",".join(DATA_FORMATS), help=f"comma list of {', '.join(DATA_FORMATS)}")
+    d.add_argument("--data-cfg", default="", help="take the augmentation from this config (e.g. "
+                                                  "configs/WS-ConvMixer.yaml); default: spin's, with AUG and MIXUP on")
+    d.add_argument("--gpu-img-s", type=float, default=TIMM_CONVMIXER_TRAIN_IMG_S,
+                   help="GPU training img/s to feed (default: timm's published ConvMixer-768/32 on an RTX 3090)")
     args = p.parse_args(argv)
+    if args.data:
+        return [_data_main(args)]
     presets = [x.strip() for x in args.preset.split(",") if x.strip()]
     bad = [x for x in presets if x not in PRESETS]
     if bad or not presets:
@@ -418,6 +562,43 @@ def main(argv=None) -> list[dict]:
         _write(os.path.join(args.out, f"{tag}.md"), text + "\n")
     print(f"results in {args.out}")
     return results
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.replace("x", ",").split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise BenchError(f"{flag} takes positive integers, got {text!r}")
+    return values
+
+
+def _data_main(args) -> dict:
+    formats = [x.strip() for x in args.data_formats.split(",") if x.strip()]
+    if not formats or set(formats) - set(DATA_FORMATS):
+        raise BenchError(f"unknown --data-formats {args.data_formats!r}; allowed: {', '.join(DATA_FORMATS)}")
+    size = _ints(args.data_size, "--data-size")
+    if len(size) != 2:
+        raise BenchError(f"--data-size is WxH, got {args.data_size!r}")
+    workers = _ints(args.data_workers, "--data-workers")
+    images, batch = args.data_images, args.data_batch
+    if batch < 1 or images < max(batch, 2 * max(workers)):
+        raise BenchError(f"--data-images {images} must be >= --data-batch {batch} and >= 2 x the most workers "
+                         f"(the WebDataset shards: two per worker)")
+    if args.warmup < 0 or args.repeats < 1:
+        raise BenchError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
+    if args.data_cfg and not os.path.isfile(args.data_cfg):
+        raise BenchError(f"--data-cfg {args.data_cfg!r} does not exist; give a config file")
+    check_folder(args.out, "--out")
+    res = data_benchmark(images, tuple(size), batch, workers, formats, args.warmup, args.repeats,
+                         cfg_file=args.data_cfg, gpu_img_s=args.gpu_img_s)
+    text = data_markdown(res)
+    print(text + "\n", flush=True)
+    _write(os.path.join(args.out, "data-cpu.json"), json.dumps(res, indent=1))
+    _write(os.path.join(args.out, "data-cpu.md"), text + "\n")
+    print(f"results in {args.out}")
+    return res
 
 
 if __name__ == "__main__":
