@@ -201,7 +201,7 @@ def _tfds_builder():
 
 
 def test_tensorflow_datasets_through_timm(tmp_path):
-    pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets does not install here (setup.sh tried)")
+    pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets is not installed (SPIN_TFDS=1 bash setup.sh installs it)")
     _tfds_builder()(data_dir=str(tmp_path / "tfds")).download_and_prepare()
     cfg = load_config([DIGITS], ["TRAIN.DATASET", "tfds/spin_test_digits", "TEST.DATASET", "tfds/spin_test_digits",
                                  "DATA.PATH_TO_DATA_DIR", str(tmp_path / "tfds"), "DATA.TRAIN_CROP_SIZE", "16",
