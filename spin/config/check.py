@@ -15,8 +15,9 @@ from ..sharing import SharingError
 from .defaults import CHOICES, FAMILY_SECTIONS, MODEL_FAMILIES, get_cfg
 from .parser import ConfigError
 
-def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> None:
-    """Raise one ConfigError listing every problem of ``cfg`` for ``job`` (one per line)."""
+def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1, parent_checkpoint: bool = False) -> None:
+    """Raise one ConfigError listing every problem of ``cfg`` for ``job`` (one per line).
+    ``parent_checkpoint``: a sweep trial whose TRAIN.CHECKPOINT_FILE_PATH its parent will write."""
     problems: list[str] = []
 
     def need(ok: bool, msg: str) -> None:
@@ -134,6 +135,8 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
     if job in ("train", "test"):
         bad = folder_problem(cfg.OUTPUT_DIR or ".", "OUTPUT_DIR")
         need(bad is None, bad or "")
+    need(t.GRAD_ACCUM_STEPS >= 1, f"TRAIN.GRAD_ACCUM_STEPS must be >= 1 (1: a step per batch), got {t.GRAD_ACCUM_STEPS}")
+    problems += _distill_problems(cfg, default, job, parent_checkpoint)
     for key, used in (("TRAIN.CHECKPOINT_FILE_PATH", job in ("train", "fuse")),
                       ("TEST.CHECKPOINT_FILE_PATH", job == "test" or (job == "train" and cfg.TEST.ENABLE))):
         sec, _, name = key.partition(".")
@@ -150,6 +153,47 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1) -> N
         need(bad is None, bad or "")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _distill_problems(cfg: CfgNode, default: CfgNode, job: str, parent_checkpoint: bool) -> list[str]:
+    d, out = cfg.DISTILL, []
+    if not d.ENABLE:
+        stray = [f"DISTILL.{k}" for k in d if k != "ENABLE" and d[k] != default.DISTILL[k]]
+        if stray:
+            out.append(f"{', '.join(stray)} set but DISTILL.ENABLE is False: nothing reads "
+                       f"{'them' if len(stray) > 1 else 'it'}; set DISTILL.ENABLE True, or drop "
+                       f"{'them' if len(stray) > 1 else 'it'}")
+        return out
+    if not 0 <= d.ALPHA <= 1:
+        out.append(f"DISTILL.ALPHA must be in [0, 1] (the weight of the KD term), got {d.ALPHA}")
+    if not (d.TAU > 0 and math.isfinite(d.TAU)):
+        out.append(f"DISTILL.TAU must be a finite temperature > 0, got {d.TAU}")
+    for key in ("HIDDEN_WEIGHT", "ATTN_WEIGHT"):
+        if not (d[key] >= 0 and math.isfinite(d[key])):
+            out.append(f"DISTILL.{key} must be a finite number >= 0, got {d[key]}")
+    if (d.HIDDEN_WEIGHT or d.ATTN_WEIGHT) and not list(d.LAYERS):
+        out.append("DISTILL.HIDDEN_WEIGHT / ATTN_WEIGHT need DISTILL.LAYERS: the student blocks to distil (e.g. [-1])")
+    if list(d.TEACHER_LAYERS) and len(d.TEACHER_LAYERS) != len(d.LAYERS):
+        out.append(f"DISTILL.TEACHER_LAYERS has {len(d.TEACHER_LAYERS)} entries but DISTILL.LAYERS {len(d.LAYERS)}: "
+                   f"give one teacher layer per student layer, or [] for the same layers")
+    path = d.TEACHER or cfg.TRAIN.CHECKPOINT_FILE_PATH
+    if not path:
+        if not parent_checkpoint:
+            out.append("DISTILL.ENABLE needs a teacher: set DISTILL.TEACHER to its checkpoint file (default: "
+                       "TRAIN.CHECKPOINT_FILE_PATH, the vanilla checkpoint a WFWS run starts from)")
+        return out
+    key = "DISTILL.TEACHER" if d.TEACHER else "TRAIN.CHECKPOINT_FILE_PATH (the default teacher)"
+    ckdir = os.path.join(os.path.abspath(cfg.OUTPUT_DIR or "."), "checkpoints")
+    absolute = os.path.abspath(path)
+    if absolute == os.path.abspath(cfg.OUTPUT_DIR or ".") or absolute.startswith(ckdir + os.sep):
+        out.append(f"{key} {path!r} is this run's own OUTPUT_DIR or one of its checkpoints: the student would "
+                   f"distil from itself, and its next checkpoints replace the file; give the checkpoint of "
+                   f"another run (the vanilla one)")
+    elif os.path.isdir(path):
+        out.append(f"{key} {path!r} is a folder; give the teacher's checkpoint file (.pyth/.pth/.safetensors)")
+    elif job == "train" and d.TEACHER and not os.path.isfile(path):
+        out.append(f"{key} {path!r} does not exist; give the teacher's checkpoint file (.pyth/.pth/.safetensors)")
+    return out
 
 
 def changed_arch_keys(cfg: CfgNode, sec: str, default: CfgNode) -> list[str]:

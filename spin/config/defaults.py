@@ -29,6 +29,9 @@ _C.TRAIN.CHANNELS_LAST = False
 _C.TRAIN.COMPILE = False
 # Stop an epoch after this many iterations (0 = the whole epoch); for smoke runs.
 _C.TRAIN.MAX_ITERS_PER_EPOCH = 0
+# Gradient accumulation (timm's --grad-accum-steps): one optimizer step per this many batches of
+# TRAIN.BATCH_SIZE, so the effective batch is BATCH_SIZE x GRAD_ACCUM_STEPS.
+_C.TRAIN.GRAD_ACCUM_STEPS = 1
 
 # ------------------------------------------------------------------------------ data
 _C.DATA = CfgNode()
@@ -102,6 +105,30 @@ _C.MODEL.DROP_PATH_RATE = 0.0
 _C.MODEL_EMA = CfgNode()
 _C.MODEL_EMA.ENABLE = False
 _C.MODEL_EMA.DECAY = 0.99996
+
+# ------------------------------------------------------------------------------ distillation
+# Train against a teacher (DeiT's soft / hard-label KD; MiniViT's relation distillation). The
+# teacher runs in eval mode without gradients and is never checkpointed; a checkpoint records its
+# file's SHA-256, and a resume refuses another teacher.
+_C.DISTILL = CfgNode()
+_C.DISTILL.ENABLE = False
+# A spin .pyth (its stored config builds it), or a timm .pth / .safetensors state dict (built as the
+# student's vanilla counterpart: the config with WEIGHT_SHARE off). "": TRAIN.CHECKPOINT_FILE_PATH,
+# the vanilla checkpoint a WFWS run starts from.
+_C.DISTILL.TEACHER = ""
+# soft: tau^2 KL(teacher || student) at temperature TAU; hard: cross-entropy on the teacher's argmax.
+_C.DISTILL.TYPE = "soft"
+# loss = (1 - ALPHA) * the label loss + ALPHA * the logit KD term (DeiT's distillation_alpha).
+_C.DISTILL.ALPHA = 0.5
+_C.DISTILL.TAU = 1.0
+# Added terms: relation KD of the hidden states (block outputs) and of the attention maps (blocks
+# with attn.qkv: ViT, Swin) of the block pairs LAYERS[k] (student) / TEACHER_LAYERS[k] (teacher);
+# an int indexes the block stack (negative from its end), a string is a module path.
+_C.DISTILL.HIDDEN_WEIGHT = 0.0
+_C.DISTILL.ATTN_WEIGHT = 0.0
+_C.DISTILL.LAYERS = [-1]
+# [] = the same as LAYERS.
+_C.DISTILL.TEACHER_LAYERS = []
 
 # ------------------------------------------------------------------------------ augmentation
 _C.AUG = CfgNode()
@@ -187,6 +214,7 @@ CHOICES = {
     "TRAIN.DATASET": ("imagenet", "folder", "digits", "mnist", "cifar10", "cifar100") + TIMM_DATASETS,
     "TEST.DATASET": ("imagenet", "folder", "digits", "mnist", "cifar10", "cifar100") + TIMM_DATASETS,
     "TRAIN.AMP_DTYPE": ("float16", "bfloat16"),
+    "DISTILL.TYPE": ("soft", "hard"),
     "AUG.INTERPOLATION": ("bicubic", "bilinear", "nearest"),
     "AUG.RE_MODE": ("const", "rand", "pixel"),
     "DIST_BACKEND": ("nccl", "gloo"),

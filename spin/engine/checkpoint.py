@@ -303,8 +303,22 @@ def _check_start(cfg, ck: dict, path: str, classes) -> None:
               "folders, or set TRAIN.CHECKPOINT_NEW_CLASSES True to fine-tune it onto these classes")
 
 
+def _check_teacher(ck: dict, teacher: Optional[dict], path: str) -> None:
+    """A resumed distillation must learn from the teacher it started with (same bytes)."""
+    stored = ck.get("distill_teacher")
+    if not isinstance(stored, dict) or teacher is None or stored.get("sha256") == teacher["sha256"]:
+        return
+    moved = "" if stored.get("path") == teacher["path"] else f" (it was {stored.get('path')})"
+    raise CheckpointError(
+        f"{path} was distilled from another teacher than {teacher['path']}{moved}: the file's bytes differ "
+        f"(SHA-256 {stored.get('sha256', '?')[:12]}... then, {teacher['sha256'][:12]}... now), so the resumed "
+        f"epochs would learn other targets; restore that teacher file (DISTILL.TEACHER), or train the new "
+        f"teacher's student in a new OUTPUT_DIR")
+
+
 def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, ema=None,
-                          say: Optional[Callable[[str], None]] = None, classes=None) -> int:
+                          say: Optional[Callable[[str], None]] = None, classes=None,
+                          teacher: Optional[dict] = None) -> int:
     """SlowFast's rules; returns the 0-based epoch to start at.
 
     1. TRAIN.AUTO_RESUME and a checkpoint in OUTPUT_DIR/checkpoints: continue after the newest one
@@ -316,7 +330,8 @@ def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, em
     An EMA model without state in the checkpoint starts as a copy of the loaded weights.
     The request is checked against the file's identity (``classes``: the data's): a resume must
     be the folder's run (:data:`spin.identity.RULES` "resume"); a start from a file whose class
-    names differ needs TRAIN.CHECKPOINT_NEW_CLASSES True.
+    names differ needs TRAIN.CHECKPOINT_NEW_CLASSES True. ``teacher``: the run's teacher record
+    (:func:`spin.engine.distill.teacher_record`); a resume refuses a teacher whose bytes changed.
     """
     say = say or (lambda msg: None)
     latest = latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
@@ -335,6 +350,7 @@ def load_train_checkpoint(cfg, model: nn.Module, optimizer=None, scaler=None, em
                        "with its config (OUTPUT_DIR/config.yaml)")
     if latest:
         _check_resume(cfg, ck, path, classes, say)
+        _check_teacher(ck, teacher, path)
     else:
         _check_start(cfg, ck, path, classes)
     resume = latest is not None or not (cfg.TRAIN.CHECKPOINT_EPOCH_RESET or "epoch" not in ck)

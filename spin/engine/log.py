@@ -167,7 +167,8 @@ class MetricsCSV:
     killed at any moment ends with exactly one row per epoch. Rewrites are atomic."""
 
     FIELDS = ["epoch", "train_loss", "lr", "train_time", "train_img_s", "val_loss", "val_top1_err",
-              "val_top5_err", "ema_val_top1_err", "ema_val_top5_err", "skipped_images"]
+              "val_top5_err", "ema_val_top1_err", "ema_val_top5_err", "skipped_images", "teacher_time",
+              "train_img_s_student"]
 
     def __init__(self, path: str):
         self.path = path
@@ -229,7 +230,9 @@ def log_epoch(record: dict, max_epoch: int, csv_file: Optional[MetricsCSV] = Non
                     "lr": record["lr"], "dt": record["dt"], "dt_data": record["dt_data"],
                     "time": record["train_time"], "img_s": record["train_img_s"], "eta": record["eta"],
                     "mem": record["mem"], "skipped_images": record["skipped_images"],
-                    **({"top1_err": record["train_top1_err"]} if "train_top1_err" in record else {})})
+                    **({"top1_err": record["train_top1_err"]} if "train_top1_err" in record else {}),
+                    **({"teacher_time": record["teacher_time"], "img_s_student": record["train_img_s_student"]}
+                       if "teacher_time" in record else {})})
     if "val_top1_err" in record:
         log_json_stats({"_type": "val_epoch", "epoch": f"{epoch}/{max_epoch}",
                         "top1_err": record["val_top1_err"], "top5_err": record["val_top5_err"],
@@ -242,6 +245,9 @@ def log_epoch(record: dict, max_epoch: int, csv_file: Optional[MetricsCSV] = Non
         tensorboard.scalars({tb: record[k] for k, tb in _TB_NAMES.items() if k in record}, epoch)
     line = (f"epoch {epoch}/{max_epoch}  train loss {record['train_loss']:.4f}  "
             f"{record['train_img_s']:.0f} img/s  {record['train_time']:.1f}s")
+    if "teacher_time" in record:  # the teacher's share of the step
+        line = line.replace(" img/s", f" img/s ({record['train_img_s_student']:.0f} without the teacher's "
+                                      f"{record['teacher_time']:.1f}s)", 1)
     if "val_top1_err" in record:
         line += (f"  |  val top-1 {100 - record['val_top1_err']:.2f}%  top-5 "
                  f"{100 - record['val_top5_err']:.2f}%  (best {100 - record['min_top1_err']:.2f}%)")

@@ -44,18 +44,30 @@ def train_one_epoch(
     channels_last: bool = False,
     after_step: Optional[Callable[[], None]] = None,
     progress: bool = False,
+    distill: Optional[Callable] = None,
+    accum_steps: int = 1,
 ) -> dict:
     """Returns the epoch's mean loss, last lr, timings, samples, skipped images and (without
     mixup) the train top-1 error. Raises NonFiniteLossError on a NaN/inf loss, before any update
-    with it. ``scaler`` is a GradScaler, a no-op when disabled (one step path, as nanoGPT)."""
+    with it. ``scaler`` is a GradScaler, a no-op when disabled (one step path, as nanoGPT).
+    ``distill``: a ``(images, outputs, targets) -> loss`` (DeiT's DistillationLoss, which runs the
+    teacher; its ``seconds`` give ``teacher_time`` and the student-only ``img_s_student``) used
+    instead of ``loss_fn``. ``accum_steps``: one optimizer step per that many batches (each loss
+    divided by its group's size; DDP syncs gradients on the group's last batch only)."""
     model.train()
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     iters = len(loader) if not max_iters else min(max_iters, len(loader))
     logger = MetricLogger(f"epoch {epoch + 1}/{max_epoch}", iters, log_period, device,
                           bar=progress, iters_after=iters * (max_epoch - epoch - 1))
     correct = 0
+    teacher_start = distill.seconds if distill is not None else 0.0
     for step, (images, targets, n_skip) in enumerate(logger.log_every(loader)):
         logger.skipped += n_skip
+        group_start = step - step % accum_steps
+        in_group = min(accum_steps, iters - group_start)  # the epoch's last group may be shorter
+        update = step + 1 == group_start + in_group
+        if step == group_start:  # a group whose last batch was unreadable leaves nothing behind
+            optimizer.zero_grad(set_to_none=True)
         if images is None:
             continue
         images = images.to(device, non_blocking=True)
@@ -67,26 +79,28 @@ def train_one_epoch(
             if images.shape[0] % 2:  # timm's batch mixup pairs a batch with its flip: needs even
                 images, targets, hard = images[:-1], targets[:-1], hard[:-1]
             images, targets = mixup_fn(images, targets)
-        lr = lr_at(epoch + step / iters)
+        lr = lr_at(epoch + group_start / iters)
         set_lr(optimizer, lr)
-        with autocast(device, amp_dtype):
-            outputs = model(images)
-            loss = loss_fn(outputs, targets)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at epoch {epoch + 1}, iteration {step + 1}; training "
-                f"stopped before using it. Lower SOLVER.BASE_LR, set SOLVER.CLIP_GRAD_L2NORM, or "
-                f"check the data; the last checkpoint on disk is untouched")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        if after_step is not None:  # e.g. the EMA update
-            after_step()
+        sync = contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, amp_dtype):
+                outputs = model(images)
+                loss = loss_fn(outputs, targets) if distill is None else distill(images, outputs, targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"loss is {loss_value} at epoch {epoch + 1}, iteration {step + 1}; training "
+                    f"stopped before using it. Lower SOLVER.BASE_LR, set SOLVER.CLIP_GRAD_L2NORM, or "
+                    f"check the data; the last checkpoint on disk is untouched")
+            scaler.scale(loss / in_group).backward()
+        if update:
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            if after_step is not None:  # e.g. the EMA update
+                after_step()
         if mixup_fn is None:
             correct += (outputs.detach().argmax(1) == hard).sum().item()
         logger.update(loss=loss_value, lr=lr, n=images.shape[0])
@@ -97,6 +111,9 @@ def train_one_epoch(
             f"warnings); nothing was trained on or saved. Replace the broken files of the train split")
     if mixup_fn is None:
         stats["top1_err"] = 100.0 * (1 - correct / stats["samples"])
+    if distill is not None:
+        stats["teacher_time"] = distill.seconds - teacher_start
+        stats["img_s_student"] = stats["samples"] / max(stats["time"] - stats["teacher_time"], 1e-9)
     return stats
 
 

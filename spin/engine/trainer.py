@@ -22,6 +22,7 @@ from ..share_transform import sharing_of, unique_parameters
 from . import checkpoint as cu
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
 from .curves import plot_runs
+from .distill import build_distillation, load_teacher
 from .loop import evaluate, train_one_epoch
 from .log import MetricsCSV, TensorBoard, format_eta, log_epoch, log_json_stats, memory_gb, setup_logging
 from .optim import construct_optimizer, get_lr_at_epoch
@@ -156,6 +157,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
 
         ema = ModelEmaV3(model, decay=cfg.MODEL_EMA.DECAY)
     messages: list[str] = []
+    teacher, teacher_rec = load_teacher(cfg, classes) if cfg.DISTILL.ENABLE else (None, None)
     earlier = cu.latest_checkpoint(cfg.OUTPUT_DIR)
     if earlier and not cfg.TRAIN.AUTO_RESUME:
         raise cu.CheckpointError(
@@ -163,7 +165,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
             f"and TRAIN.AUTO_RESUME is False: a fresh run there would mix with them; choose a new OUTPUT_DIR, "
             f"or set TRAIN.AUTO_RESUME True to continue that run")
     start_epoch = cu.load_train_checkpoint(cfg, model, optimizer, scaler, ema and ema.module,
-                                           say=messages.append, classes=classes)
+                                           say=messages.append, classes=classes, teacher=teacher_rec)
     per_proc = cfg.TRAIN.BATCH_SIZE // info.local_world_size
     train_loader = build_loader(cfg, train_set, True, per_proc, info.rank, info.world_size)
     if len(train_loader) == 0:
@@ -172,6 +174,9 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
     val_loader = _val_loader(cfg, val_set, info)
     mixup = build_mixup(cfg, cfg.MODEL.NUM_CLASSES)
     loss_fn = build_loss(cfg)
+    # after the EMA copy: the student's taps (hidden / attention KD) hook the trained model only
+    distill = build_distillation(cfg, loss_fn, None if teacher is None else _prepare(teacher, cfg, info), model)
+    extra = {"classes": classes, **({"distill_teacher": teacher_rec} if teacher_rec else {})}
 
     lock = RunLock(cfg.OUTPUT_DIR) if info.is_master else None
     stale = lock.acquire() if lock else None
@@ -201,6 +206,13 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
         if fusion and start_epoch == 0 and not cfg.TRAIN.CHECKPOINT_FILE_PATH:
             log.warning("WFWS model without TRAIN.CHECKPOINT_FILE_PATH: its D sets start random; the "
                         "SPIN recipe starts them from a pretrained vanilla checkpoint")
+        if teacher_rec:
+            d = cfg.DISTILL
+            log.info(f"distilling from {teacher_rec['path']} (sha256 {teacher_rec['sha256'][:12]}..., "
+                     f"{sum(p.numel() for p in teacher.parameters()):,} parameters): {d.TYPE} KD, alpha {d.ALPHA}"
+                     f"{f', tau {d.TAU}' if d.TYPE == 'soft' else ''}"
+                     f"{f', hidden {d.HIDDEN_WEIGHT}' if d.HIDDEN_WEIGHT else ''}"
+                     f"{f', attention {d.ATTN_WEIGHT}' if d.ATTN_WEIGHT else ''}")
         log.info(f"model {cfg.MODEL.MODEL_NAME}: {n_params:,} parameters ({unique_parameters(model):,} "
                  f"unique), plan sets {list(plan.layer_to_set) if plan else 'none'}, fusion {fusion}; "
                  f"device {info.device}, {info.world_size} process(es); train {num_images(train_set) or '?'} / val "
@@ -224,13 +236,16 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
                 clip_grad=cfg.SOLVER.CLIP_GRAD_L2NORM, mixup_fn=mixup,
                 max_iters=cfg.TRAIN.MAX_ITERS_PER_EPOCH, log_period=cfg.LOG_PERIOD,
                 channels_last=cfg.TRAIN.CHANNELS_LAST, progress=info.is_master,
-                after_step=(lambda: ema.update(core)) if ema is not None else None)
+                after_step=(lambda: ema.update(core)) if ema is not None else None,
+                distill=distill, accum_steps=cfg.TRAIN.GRAD_ACCUM_STEPS)
             record = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": stats["lr"],
                       "dt": stats["dt"], "dt_data": stats["dt_data"], "train_time": stats["time"],
                       "train_img_s": stats["img_s"], "eta": format_eta(stats["time"] * (max_epoch - epoch - 1)),
                       "mem": memory_gb(info.device), "skipped_images": stats["skipped_images"]}
             if "top1_err" in stats:
                 record["train_top1_err"] = stats["top1_err"]
+            if distill is not None:  # img/s with the teacher's forward (train_img_s) and without
+                record.update(teacher_time=stats["teacher_time"], train_img_s_student=stats["img_s_student"])
             last = epoch + 1 == max_epoch
             if (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last:
                 val = evaluate(evaluated, val_loader, info.device, cfg.TRAIN.CHANNELS_LAST, reduce)
@@ -249,7 +264,7 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
             if (epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last:
                 if info.is_master:
                     last_ck = cu.save_checkpoint(cu.checkpoint_path(cfg.OUTPUT_DIR, epoch), core, epoch,
-                                                 cfg, optimizer, scaler, extra={"classes": classes},
+                                                 cfg, optimizer, scaler, extra=extra,
                                                  ema=ema and ema.module)
                 barrier()
                 last_ck = cu.checkpoint_path(cfg.OUTPUT_DIR, epoch)  # every rank: it verifies it
@@ -273,6 +288,8 @@ def train(cfg, info: Optional[DistInfo] = None) -> dict:
                             "top5_err": ck_val["top5_err"], "loss": ck_val["loss"],
                             "samples": ck_val["samples"], "agree": check["agree"]})
     finally:
+        if distill is not None:
+            distill.close()
         if tb is not None:
             tb.close()
         if lock:

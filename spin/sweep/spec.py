@@ -298,7 +298,7 @@ def check_trials(trials: list[Trial]) -> None:
     for t in trials:
         try:  # t.opts: a child's parent checkpoint does not exist yet
             cfg = load_config(list(t.cfg_files), list(t.opts))
-            check_cfg(cfg, "train")
+            check_cfg(cfg, "train", parent_checkpoint=bool(t.parent))
         except SpinError as e:
             for line in str(e).splitlines():
                 problems.setdefault(line.strip(), []).append(t.key)
