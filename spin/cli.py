@@ -1,5 +1,5 @@
 """``spin <command>``: train | test | fuse | stats | predict | export | plot | sweep | analyze |
-bench (and ``launch``, the multi-node entry). Thin: parse, then call the package. Every user
+bench | compress (and ``launch``, the multi-node entry). Thin: parse, then call the package. Every user
 error (any :class:`~spin.errors.SpinError`) ends in ``spin: error: ...`` lines, one per problem,
 and exit status 2, before anything is written."""
 from __future__ import annotations
@@ -322,6 +322,38 @@ def sweep_main(argv: Sequence[str]):
     return status
 
 
+def compress_main(argv: Sequence[str]):
+    """spin compress --checkpoint VANILLA.pyth [--out DIR] [--share-rate R] [KEY VALUE ...]: WFWS + distillation, fuse, export."""
+    from .tools.compress import compress
+
+    p = ArgumentParser(prog="spin compress", description=compress_main.__doc__)
+    p.add_argument("--checkpoint", required=True,
+                   help="the trained vanilla model: a spin .pyth (its stored config), or a .pth/.safetensors with --cfg")
+    p.add_argument("--cfg", action="append", default=[], help="the teacher's config (for a file without a stored one)")
+    p.add_argument("--out", default="", help="folder for every step's output (default: <checkpoint>-compressed)")
+    p.add_argument("--share-rate", type=int, default=2, help="layers per shared set (default 2)")
+    p.add_argument("--num-sets", type=int, default=0, help="sets per stack instead of a rate (1: MiniViT's one per stage)")
+    p.add_argument("--suggest", type=int, default=0, metavar="N",
+                   help="the plan with N sets that spin analyze suggests from the teacher's weights")
+    p.add_argument("--fusion", default="mean", help="how the WFWS sets start (default mean)")
+    p.add_argument("--epochs", type=int, default=0, help="fine-tune epochs (default: the teacher's SOLVER.MAX_EPOCH)")
+    p.add_argument("--no-distill", action="store_true", help="fine-tune on the labels only")
+    p.add_argument("--export", default="", choices=["", "pt2", "onnx"], help="also export the fused model")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (plan, DISTILL, SOLVER keys: the student's)")
+    args = parse(p, argv)
+    if args.suggest and (args.num_sets or args.share_rate != 2):
+        raise ConfigError("--suggest picks the plan itself; drop --share-rate / --num-sets (or --suggest)")
+    out = args.out or os.path.splitext(os.path.abspath(args.checkpoint))[0] + "-compressed"
+    res = compress(args.checkpoint, out, args.cfg, args.opts, share_rate=args.share_rate, num_sets=args.num_sets,
+                   fusion=args.fusion, suggest=args.suggest, epochs=args.epochs, distill=not args.no_distill,
+                   export=args.export)
+    from .tools.compress import markdown
+
+    print("\n" + markdown(res) + f"\n{out}: train/, fused.pyth, fused.safetensors"
+          f"{', export/' if res['export'] else ''}, compress.json, compress.md")
+    return res
+
+
 def export_main(argv: Sequence[str]):
     """spin export --checkpoint CK --format onnx|pt2 [--out FILE]: a verified deployable artifact."""
     from .tools.export import FORMATS, export_checkpoint
@@ -403,7 +435,7 @@ def bench_main(argv: Sequence[str]):
 
 COMMANDS = {"train": train_main, "test": test_main, "fuse": fuse_main, "stats": stats_main,
             "predict": predict_main, "export": export_main, "plot": plot_main, "sweep": sweep_main,
-            "analyze": analyze_main, "bench": bench_main, "launch": launch_main}
+            "analyze": analyze_main, "bench": bench_main, "compress": compress_main, "launch": launch_main}
 
 
 def main(argv: Sequence[str] = None) -> int:
