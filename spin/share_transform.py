@@ -62,22 +62,26 @@ __all__ = ["SharedSets", "cached", "family_of", "fit_relax_deltas", "fuse", "lay
            "refuse_wfws_prune", "register_family", "share", "shared_sets_of", "sharing_of", "unique_parameters",
            "SharedBlocks", "bank_of", "init_relax"]  # the last three: former names
 
-# Model class -> (family, its named scope parts when they differ from spin.sharing.SCOPES[family]).
-_FAMILIES: dict[type, tuple[str, Optional[dict]]] = {}
+# Model class (or its qualified name) -> (family, its named scope parts when they differ from
+# spin.sharing.SCOPES[family]).
+_FAMILIES: dict[Union[type, str], tuple[str, Optional[dict]]] = {}
 _KEY = "_spin_layer"  # a block's (SharedSets, layer index, [(module, attribute, name)])
 
 
-def register_family(model_cls: type, family: str, parts: Optional[dict] = None) -> None:
+def register_family(model_cls: Union[type, str], family: str, parts: Optional[dict] = None) -> None:
     """Declare that ``model_cls`` (and its subclasses) has blocks of ``family``; ``parts`` maps its
     named scope parts to block-relative glob patterns where its block names differ from the
-    family's (timm's ConvMixer beside spin's)."""
+    family's (timm's ConvMixer beside spin's). ``model_cls`` may be the class's qualified name
+    (``"package.module.Class"``), so that classes of an optional package register without
+    importing it (``import spin`` stays free of transformers)."""
     _FAMILIES[model_cls] = (family, parts)
 
 
 def _family_entry(model: nn.Module) -> tuple[Optional[str], Optional[dict]]:
     for cls in type(model).__mro__:
-        if cls in _FAMILIES:
-            return _FAMILIES[cls]
+        for key in (cls, f"{cls.__module__}.{cls.__qualname__}"):
+            if key in _FAMILIES:
+                return _FAMILIES[key]
     return None, None
 
 
@@ -256,6 +260,17 @@ def _close_pass(stack: nn.Module, args, output) -> None:
 def _inject(block: nn.Module, args) -> None:
     _refuse_symbolic(args)
     shared, i, targets = block.__dict__[_KEY]
+    # Hugging Face's layer checkpointing (transformers 5: GradientCheckpointingLayer) checkpoints the
+    # block's forward inside these hooks: its backward recompute runs without them and would read the
+    # stored, unfused weights, so a WFWS or relaxed block would get wrong gradients. WS blocks keep
+    # their set Parameter on the block between forwards, and recompute correctly.
+    if not shared.static and getattr(block, "gradient_checkpointing", False) is True and block.training \
+            and torch.is_grad_enabled():
+        raise SharingError(
+            f"Hugging Face gradient checkpointing recomputes {type(block).__name__} without the hooks through which "
+            f"its WFWS or relaxed block reads its fused set (wrong gradients); turn it off "
+            f"(model.activation_checkpointing_disable(); transformers 4: gradient_checkpointing_disable()), or "
+            f"checkpoint a plain WS model (no fusion, no relax)")
     if shared.fusion is not None and shared._root.get_submodule(shared.blocks_path) is not shared._stack:
         raise SharingError(
             f"the block stack {shared.blocks_path} of this WFWS model was replaced (prune_intermediate_layers, "
