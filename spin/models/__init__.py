@@ -1,8 +1,8 @@
-"""Models: ConvMixer (spin's, upstream keys), DeiT/ViT and MLP-Mixer (timm's), the isotropic
-ConvNeXt, each with vanilla, ws_ and wfws_ named builders; config -> model."""
+"""Models: ConvMixer (spin's, upstream keys), DeiT/ViT, MLP-Mixer and Swin (timm's; Swin shared per
+stage), the isotropic ConvNeXt, each with vanilla, ws_ and wfws_ named builders; config -> model."""
 import warnings
 
-from . import convmixer, convnext_iso, mixer, vit  # noqa: F401  (register the named builders)
+from . import convmixer, convnext_iso, mixer, swin, vit  # noqa: F401  (register the named builders)
 from .convmixer import SpinConvMixer
 from .convnext_iso import ConvNeXtIsotropic
 from ..config import MODEL_FAMILIES
