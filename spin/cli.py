@@ -385,7 +385,7 @@ def analyze_main(argv: Sequence[str]):
     from .tools.analyze import analyze
     from .data import build_dataset, build_loader
     from .engine.checkpoint import build_model_from_checkpoint
-    from .models.factory import model_depth
+    from .models.factory import family_of, model_depth
 
     p = ArgumentParser(prog="spin analyze", description=analyze_main.__doc__)
     p.add_argument("--checkpoint", required=True, help="a trained checkpoint (its stored cfg builds the model)")
@@ -410,6 +410,9 @@ def analyze_main(argv: Sequence[str]):
     check_folder(out, "--out" if args.out else "the default output folder (choose one with --out)")
     cfg = load_config(args.cfg, args.opts) if args.cfg else None
     model, cfg, _ = build_model_from_checkpoint(args.checkpoint, args.opts, cfg)
+    if family_of(cfg).stacks:
+        raise ConfigError(f"spin analyze compares the layers of one block stack, but MODEL.MODEL_NAME "
+                          f"{cfg.MODEL.MODEL_NAME} has one per stage, of different widths; analyze an isotropic model")
     depth = model_depth(cfg)
     if args.suggest is not None and args.suggest > depth:
         raise ConfigError(f"--suggest {args.suggest}: a plan has at most one set per layer; give 1 <= N <= "

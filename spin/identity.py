@@ -6,8 +6,9 @@ a sweep trial stores its config in sweep_trial.json, and a run folder is its che
 identity has four parts, each a flat ``{name: value}``:
 
 * ``model``   — the family, its architecture keys, MODEL.NUM_CLASSES, the input channels (and the
-  crop for ViT/Mixer, whose position embedding it sizes), and the *resolved* plan: layer->set map,
-  scope, fusion, relax. Two configs that resolve to the same plan are the same model.
+  crop for ViT/Mixer/Swin, whose position embedding or attention masks it sizes), and the *resolved*
+  plan: layer->set map (Swin: one per stage), scope, fusion, relax. Two configs that resolve to the
+  same plan are the same model.
 * ``data``    — TRAIN/TEST.DATASET, DATA.PATH_TO_DATA_DIR (absolute), DATA.TRAIN_IMAGES_PER_CLASS.
 * ``classes`` — the class names, in label order (a checkpoint's; unknown for a config alone).
 * ``recipe``  — every other key that is not :data:`HARMLESS` (solver, augmentation, seed, ...).
@@ -32,7 +33,7 @@ HARMLESS = ("OUTPUT_DIR", "LOG_PERIOD", "LOG_JSON_TO_CONSOLE", "TENSORBOARD.", "
 DATA_KEYS = ("TRAIN.DATASET", "TEST.DATASET", "DATA.PATH_TO_DATA_DIR", "DATA.TRAIN_IMAGES_PER_CLASS")
 PATH_KEYS = ("DATA.PATH_TO_DATA_DIR", "TRAIN.CHECKPOINT_FILE_PATH", "DISTILL.TEACHER")
 # Raw keys the model part covers in resolved form (a family's section is read only for that family).
-MODEL_SECTIONS = ("CONVMIXER.", "VIT.", "CONVNEXT.", "MIXER.", "WEIGHT_SHARE.")
+MODEL_SECTIONS = ("CONVMIXER.", "VIT.", "CONVNEXT.", "MIXER.", "SWIN.", "WEIGHT_SHARE.")
 MODEL_KEYS = ("MODEL.MODEL_NAME", "MODEL.NUM_CLASSES", "DATA.INPUT_CHANNEL_NUM")
 PARTS = ("model", "data", "classes", "recipe")
 
@@ -67,7 +68,7 @@ def _harmless(key: str) -> bool:
 
 def _model_part(cfg, flat: dict) -> dict:
     from .models.factory import family_of, fusion_from_cfg, names_builder, plan_from_cfg, relax_from_cfg
-    from .sharing import DEFAULT_SCOPES
+    from .sharing import DEFAULT_SCOPES, StagePlans
 
     desc = family_of(cfg)
     fam, section = desc.name, desc.section + "."
@@ -75,10 +76,12 @@ def _model_part(cfg, flat: dict) -> dict:
     if names_builder(cfg):  # a named variant's defaults are part of its architecture
         part["builder"] = flat["MODEL.MODEL_NAME"]
     part.update({k: v for k, v in flat.items() if k.startswith(section)})
-    if fam in ("vit", "mixer"):
+    if fam in ("vit", "mixer", "swin"):
         part["DATA.TRAIN_CROP_SIZE"] = flat["DATA.TRAIN_CROP_SIZE"]
     plan, relax = plan_from_cfg(cfg), relax_from_cfg(cfg)
-    part["WEIGHT_SHARE layer->set map"] = list(plan.layer_to_set)
+    # per stage for a hierarchical family: lists all the way down, as a JSON round trip gives them
+    part["WEIGHT_SHARE layer->set map"] = [list(p.layer_to_set) for p in plan] if isinstance(plan, StagePlans) \
+        else list(plan.layer_to_set)
     part["WEIGHT_SHARE scope"] = ("+".join(plan.scope) or DEFAULT_SCOPES[fam]) if plan.is_shared else "-"
     part["WEIGHT_SHARE fusion"] = fusion_from_cfg(cfg)
     part["WEIGHT_SHARE relax"] = f"{relax['relax']} rank {relax['relax_rank']}" if relax["relax"] == "lora" \

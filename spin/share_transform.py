@@ -1,9 +1,20 @@
-"""``spin.share``: parameter sharing as a model transform, for any isotropic network.
+"""``spin.share``: parameter sharing as a model transform, for isotropic and hierarchical networks.
 
 ``share(model, share_rate=2, ...)`` takes a model whose trunk is a stack of D structurally identical
 blocks (``model.blocks``, or ``blocks="path.to.stack"``) and returns it with block i reading set
 p(i) of a :class:`~spin.sharing.SharingPlan` for every block parameter in scope. The model keeps
 its class, forward and timm contract; blocks run their own forward code.
+
+Hierarchical models (Swin, models with stages) have one stack per stage, and the stages differ in
+width: ``blocks`` may then be a list of stack paths, or a glob whose ``*`` matches one path part
+(``"layers.*.blocks"``, ``"stages.*.blocks"``) and expands to every matching nn.Sequential /
+nn.ModuleList in model order. Each stack is shared within itself, never across stacks: the plan
+keywords apply to each stack (``num_sets=1``: one set per stage, MiniViT's weight multiplexing),
+or ``plan=`` is a list of plans, one per stack. Stack k's tensors live at ``shared.{k}.<as
+below>`` (``model.shared`` is then a :class:`SharedStacks`, one :class:`SharedSets` per stack);
+a single path without ``*`` keeps the one-stack keys ``shared.<as below>``.
+:func:`shared_stacks_of` lists a model's stacks' sets (:func:`shared_sets_of` answers for a
+one-stack model), :func:`sharing_of` gives a :class:`~spin.sharing.StagePlans` for several.
 
 * WS (no fusion): the N sets live at ``shared.sets.{g}.<block-relative name>`` (e.g.
   ``shared.sets.0.attn.qkv.weight``); set g starts as a copy of its first member layer, and the
@@ -34,12 +45,14 @@ them (any optimizer, fused ones included, EMA, load_state_dict, in-place edits).
 a forward only inside an explicit no-grad ``with spin.cached(model):`` block, whose caller promises
 that no weight changes in it (deployment: ``spin.fuse`` removes the fusion altogether).
 
-Buffers (BatchNorm running statistics) stay per layer whatever the scope.
+Buffers (BatchNorm running statistics, Swin's relative position index and attention mask) stay
+per layer whatever the scope.
 
 Compilers: ``torch.export`` and ``torch.compile`` run the hooks and trace what they compute.
 TorchScript and ``torch.fx.symbolic_trace`` cannot keep them (a scripted or traced WS model would
 lose its sets, a WFWS one its fusion), so both are refused with a :class:`SharingError`. timm's
-``group_matcher`` (layer-wise LR decay) maps ``shared.sets.{g}`` to the deepest layer that reads set g.
+``group_matcher`` (layer-wise LR decay) maps ``shared.sets.{g}`` (``shared.{k}.sets.{g}``) to the
+deepest layer of its stack that reads set g.
 """
 from __future__ import annotations
 
@@ -56,16 +69,19 @@ import torch.nn as nn
 
 from .fusion import coefficient_shape, fuse_group, parse_fusion
 from .relax import fit_init, parse_relax, relax_apply, relax_shapes, zero_init
-from .sharing import SharingError, SharingPlan, build_plan, parse_scope, refuse_beside_plan, scope_patterns
+from .sharing import (SharingError, SharingPlan, StagePlans, build_plan, parse_scope, refuse_beside_plan,
+                      scope_patterns)
 
-__all__ = ["SharedSets", "cached", "family_of", "fit_relax_deltas", "fuse", "layer_weights", "param_tree",
-           "refuse_wfws_prune", "register_family", "share", "shared_sets_of", "sharing_of", "unique_parameters",
+__all__ = ["SharedSets", "SharedStacks", "cached", "family_of", "fit_relax_deltas", "fuse", "layer_weights",
+           "param_tree", "refuse_wfws_prune", "register_family", "share", "shared_sets_of", "shared_stacks_of",
+           "sharing_of", "single_stack_key", "stack_plans", "unique_parameters",
            "SharedBlocks", "bank_of", "init_relax"]  # the last three: former names
 
 # Model class (or its qualified name) -> (family, its named scope parts when they differ from
 # spin.sharing.SCOPES[family]).
 _FAMILIES: dict[Union[type, str], tuple[str, Optional[dict]]] = {}
 _KEY = "_spin_layer"  # a block's (SharedSets, layer index, [(module, attribute, name)])
+_STACKS = (nn.Sequential, nn.ModuleList)
 
 
 def register_family(model_cls: Union[type, str], family: str, parts: Optional[dict] = None) -> None:
@@ -145,7 +161,8 @@ class SharedSets(nn.Module):
                 for h in self.relax_params])
 
     def extra_repr(self) -> str:
-        return (f"depth={self.plan.depth}, sets={self.plan.num_sets}, map={list(self.plan.layer_to_set)}, "
+        return (f"blocks={self.blocks_path}, depth={self.plan.depth}, sets={self.plan.num_sets}, "
+                f"map={list(self.plan.layer_to_set)}, "
                 f"fusion={self.fusion}, relax={self.relax}{self.relax_rank or ''}, "
                 f"scope={'+'.join(self.plan.scope) or 'default'}")
 
@@ -228,6 +245,23 @@ class SharedSets(nn.Module):
         return coeffs + (self.plan.depth - self.plan.num_sets) * per_layer
 
 
+class SharedStacks(nn.ModuleList):
+    """``model.shared`` of a model shared per stack (``blocks=`` a list or a glob): the
+    :class:`SharedSets` of each block stack, in the order of ``blocks``; stack k's keys are
+    ``shared.{k}.sets...``, ``shared.{k}.coeffs...``, ``shared.{k}.relax_params...``."""
+
+    __repr__ = nn.Module.__repr__  # ModuleList's compact repr leaves extra_repr out
+
+    def extra_repr(self) -> str:
+        return "stacks: " + ", ".join(s.blocks_path for s in self)
+
+
+def single_stack_key(key: str) -> str:
+    """A state-dict key with a per-stack index dropped (``shared.2.coeffs.0.w`` ->
+    ``shared.coeffs.0.w``), so rules written for one stack's keys read every stack's."""
+    return re.sub(r"^shared\.\d+\.", "shared.", key)
+
+
 def _slots(root: nn.Module, names) -> dict:
     return {n: (root.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in names}
 
@@ -271,13 +305,25 @@ def _inject(block: nn.Module, args) -> None:
             f"its WFWS or relaxed block reads its fused set (wrong gradients); turn it off "
             f"(model.activation_checkpointing_disable(); transformers 4: gradient_checkpointing_disable()), or "
             f"checkpoint a plain WS model (no fusion, no relax)")
-    if shared.fusion is not None and shared._root.get_submodule(shared.blocks_path) is not shared._stack:
-        raise SharingError(
-            f"the block stack {shared.blocks_path} of this WFWS model was replaced (prune_intermediate_layers, "
-            f"a slice): its fused sets read every member layer, and the dropped ones are no longer in the "
-            f"model; prune spin.fuse(model), its WS export, instead")
+    if shared.fusion is not None:
+        _refuse_replaced(shared._root)
     for mod, attr, name in targets:
         object.__setattr__(mod, attr, shared.layer_tensor(i, name))
+
+
+def _refuse_replaced(root: nn.Module) -> None:
+    # Every stack, not just the running one: pruning a staged model drops whole stages, whose
+    # blocks then never run to notice.
+    for shared in shared_stacks_of(root):
+        try:
+            here = root.get_submodule(shared.blocks_path)
+        except AttributeError:
+            here = None
+        if here is not shared._stack:
+            raise SharingError(
+                f"the block stack {shared.blocks_path} of this WFWS model was replaced or dropped "
+                f"(prune_intermediate_layers, a slice): its fused sets read every member layer, and the dropped "
+                f"ones are no longer in the model; prune spin.fuse(model), its WS export, instead")
 
 
 def _release(block: nn.Module, args, output) -> None:
@@ -289,14 +335,53 @@ def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
 
 
+def _candidates(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules()
+            if isinstance(m, _STACKS) and len(m) > 1 and len({type(b) for b in m}) == 1]
+
+
+def _stack_paths(model: nn.Module, blocks) -> tuple[list[str], bool]:
+    """The stack paths ``blocks`` names (a glob expanded in model order), and whether it names
+    them as a list or glob: the layout with one SharedSets per stack, whatever the count, so a
+    model's keys do not change with its number of stages."""
+    if isinstance(blocks, str) and "*" not in blocks:
+        return [blocks], False
+    if isinstance(blocks, str):
+        patterns = [blocks]
+    elif isinstance(blocks, (list, tuple)) and blocks and all(isinstance(b, str) for b in blocks):
+        patterns = list(blocks)
+    else:
+        raise SharingError(f"blocks is the dotted path of the block stack inside the model (e.g. 'blocks', "
+                           f"'trunk.layers'), a list of them, or a glob such as 'layers.*.blocks', got {blocks!r}")
+    paths: list[str] = []
+    stacks = [n for n, m in model.named_modules() if isinstance(m, _STACKS)]
+    for pattern in patterns:
+        if "*" not in pattern:
+            paths.append(pattern)
+            continue
+        rx = re.compile("[^.]*".join(re.escape(part) for part in pattern.split("*")))
+        hit = [n for n in stacks if rx.fullmatch(n)]
+        if not hit:
+            found = _candidates(model)
+            raise SharingError(f"blocks={pattern!r} matches no nn.Sequential or nn.ModuleList of "
+                               f"{type(model).__name__} ('*' stands for one part of a dotted path); name the stacks"
+                               + (f" (candidates: {', '.join(found[:6])})" if found else ""))
+        paths += hit
+    for a in paths:
+        inner = next((b for b in paths if b != a and b.startswith(a + ".")), None)
+        if paths.count(a) > 1 or inner:
+            raise SharingError(f"blocks names {a} {'twice' if inner is None else 'and ' + inner + ' inside it'}; "
+                               f"name each block stack once, none inside another")
+    return paths, True
+
+
 def _find_stack(model: nn.Module, blocks: str) -> nn.Module:
     try:
         stack = model.get_submodule(blocks)
     except AttributeError:
         stack = None
-    if not isinstance(stack, (nn.Sequential, nn.ModuleList)) or len(stack) == 0:
-        found = [n for n, m in model.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))
-                 and len(m) > 1 and len({type(b) for b in m}) == 1]
+    if not isinstance(stack, _STACKS) or len(stack) == 0:
+        found = _candidates(model)
         raise SharingError(
             f"no uniform block stack at {type(model).__name__}.{blocks}: sharing needs an "
             f"nn.Sequential or nn.ModuleList of identical blocks; pass blocks='path.to.stack'"
@@ -333,10 +418,10 @@ def _in_scope(stack: nn.Module, tokens: tuple[str, ...], family: Optional[str], 
     return names
 
 
-def _install(model: nn.Module, stack: nn.Module, plan: SharingPlan, fusion: Optional[str],
-             names: list[str], blocks: str, family: Optional[str],
-             sets: Optional[list[dict[str, torch.Tensor]]] = None, relax: Optional[str] = None,
-             relax_rank: int = 0) -> SharedSets:
+def _install(stack: nn.Module, plan: SharingPlan, fusion: Optional[str], names: list[str], blocks: str,
+             family: Optional[str], sets: Optional[list[dict[str, torch.Tensor]]] = None,
+             relax: Optional[str] = None, relax_rank: int = 0) -> SharedSets:
+    """One stack's sets and hooks; :func:`_attach` puts them on the model."""
     if fusion is None:  # the per-layer copies leave the blocks; the sets hold them once
         for block in stack:
             for n in names:
@@ -345,10 +430,6 @@ def _install(model: nn.Module, stack: nn.Module, plan: SharingPlan, fusion: Opti
     shared = SharedSets(stack, plan, fusion, names, blocks, family, sets, relax, relax_rank)
     shared.bn_names = tuple(n for n in names if isinstance(stack[0].get_submodule(n.rpartition(".")[0]),
                                                          nn.modules.batchnorm._BatchNorm))
-    model.add_module("shared", shared)
-    object.__setattr__(shared, "_root", model)  # a reference, not a submodule
-    if callable(getattr(type(model), "group_matcher", None)):
-        model.__dict__["group_matcher"] = SharedGroupMatcher(model)
     for i, block in enumerate(stack):
         targets = []
         for n in names:
@@ -367,19 +448,30 @@ def _install(model: nn.Module, stack: nn.Module, plan: SharingPlan, fusion: Opti
     return shared
 
 
-def _uninstall(model: nn.Module) -> SharedSets:
-    shared = model.shared
-    for module in [*shared._stack, shared._stack]:
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            for k in [k for k, fn in hooks.items() if fn in (_inject, _release, _open_pass, _close_pass)]:
-                del hooks[k]
-                module._forward_hooks_always_called.pop(k, None)
-        if module is not shared._stack:
-            _release(module, (), None)
-        module.__dict__.pop(_KEY, None)
+def _attach(model: nn.Module, stacks: list[SharedSets], per_stack: bool) -> None:
+    for k, shared in enumerate(stacks):
+        shared.prefix = f"shared.{k}." if per_stack else "shared."  # its state-dict keys' prefix
+        object.__setattr__(shared, "_root", model)  # a reference, not a submodule
+    model.add_module("shared", SharedStacks(stacks) if per_stack else stacks[0])
+    if callable(getattr(type(model), "group_matcher", None)):
+        model.__dict__["group_matcher"] = SharedGroupMatcher(model)
+
+
+def _uninstall(model: nn.Module) -> tuple[list[SharedSets], bool]:
+    """Take every stack's sets and hooks off ``model``: (its SharedSets, whether per stack)."""
+    stacks, per_stack = shared_stacks_of(model), isinstance(model.shared, SharedStacks)
+    for shared in stacks:
+        for module in [*shared._stack, shared._stack]:
+            for hooks in (module._forward_pre_hooks, module._forward_hooks):
+                for k in [k for k, fn in hooks.items() if fn in (_inject, _release, _open_pass, _close_pass)]:
+                    del hooks[k]
+                    module._forward_hooks_always_called.pop(k, None)
+            if module is not shared._stack:
+                _release(module, (), None)
+            module.__dict__.pop(_KEY, None)
     model.__dict__.pop("group_matcher", None)
     del model.shared
-    return shared
+    return stacks, per_stack
 
 
 class SharedGroupMatcher:
@@ -387,21 +479,26 @@ class SharedGroupMatcher:
     its class's matcher, with each shared tensor in the group of a layer that reads it: layer i's
     coefficients and deltas (``shared.coeffs.{i}``, ``shared.relax_params.{i}``) with layer i, set g
     (``shared.sets.{g}``) with the deepest layer that reads it, so layer decay scales no set below
-    the rate of any layer it serves. An instance attribute, set by :func:`share`."""
+    the rate of any layer it serves; per stack, each within its own stack (``shared.{k}.sets.{g}``
+    with the deepest of its members in stack k). An instance attribute, set by :func:`share`."""
 
     def __init__(self, model: nn.Module):
         self.model = model
 
     def __call__(self, coarse: bool = False) -> dict:
-        model, shared = self.model, shared_sets_of(self.model)
+        model = self.model
         matcher = type(model).group_matcher(model, coarse)
-        owners = [(rf"^shared\.sets\.{g}\.", max(members)) for g, members in enumerate(shared.plan.groups)]
-        owners += [(rf"^shared\.(?:coeffs|relax_params)\.{i}\.", i) for i in range(shared.plan.depth)]
+        owners = []
+        for shared in shared_stacks_of(model):
+            at = re.escape(shared.prefix)
+            owners += [(rf"^{at}sets\.{g}\.", f"{shared.blocks_path}.{max(members)}.")
+                       for g, members in enumerate(shared.plan.groups)]
+            owners += [(rf"^{at}(?:coeffs|relax_params)\.{i}\.", f"{shared.blocks_path}.{i}.")
+                       for i in range(shared.plan.depth)]
         specs = {name: [(spec, None)] if isinstance(spec, str) else list(spec)
                  for name, spec in matcher.items() if spec is not None}
         extra: dict = {name: [] for name in specs}
-        for pattern, layer in owners:
-            probe = f"{shared.blocks_path}.{layer}."
+        for pattern, probe in owners:
             hit = next(((name, m, suffix) for name, group in specs.items() for regex, suffix in group
                         if (m := re.match(regex, probe))), None)
             if hit is not None:  # the layer's own ordinal: its regex groups, then the spec's suffix
@@ -429,19 +526,67 @@ def cached(model: nn.Module):
 def refuse_wfws_prune(model: nn.Module) -> None:
     """For a model's ``prune_intermediate_layers``: a WFWS model cannot drop blocks (its fused sets
     read every member layer, and its state dict would no longer rebuild it)."""
-    shared = shared_sets_of(model)
-    if shared is not None and shared.fusion is not None:
+    if any(shared.fusion is not None for shared in shared_stacks_of(model)):
         raise SharingError("prune_intermediate_layers would drop member layers of this WFWS model's fused sets "
                            "(its state dict could not rebuild it); prune spin.fuse(model), its WS export, instead")
 
 
-def shared_sets_of(model: nn.Module) -> Optional[SharedSets]:
-    """The SharedSets of a model transformed by :func:`share`, else None."""
+def shared_stacks_of(model: nn.Module) -> list[SharedSets]:
+    """The SharedSets of each block stack of a model transformed by :func:`share`, in the order of
+    its ``blocks``; [] for a vanilla model."""
     shared = getattr(model, "shared", None)
-    return shared if isinstance(shared, SharedSets) else None
+    if isinstance(shared, SharedSets):
+        return [shared]
+    return list(shared) if isinstance(shared, SharedStacks) else []
+
+
+def shared_sets_of(model: nn.Module) -> Optional[SharedSets]:
+    """The SharedSets of a model transformed by :func:`share` on one block stack, else None. A
+    model shared on several stacks has no one answer: that is an error (not None, which would
+    read as vanilla), pointing to :func:`shared_stacks_of`."""
+    stacks = shared_stacks_of(model)
+    if len(stacks) > 1:
+        paths = ", ".join(s.blocks_path for s in stacks)
+        raise SharingError(f"this model shares {len(stacks)} block stacks ({paths}), each with its own sets; use "
+                           f"spin.share_transform.shared_stacks_of(model) for them all")
+    return stacks[0] if stacks else None
 
 
 SharedBlocks, bank_of = SharedSets, shared_sets_of  # their former names
+
+
+def _stack_plans(paths: list[str], depths: list[int], plan, scope, **plan_kwargs) -> list[SharingPlan]:
+    """One plan per stack: ``plan`` (a plan, or a list of them, one per stack) or the plan keywords
+    applied to each stack; each checked against its stack's depth."""
+    if plan is None:
+        plans = []
+        for path, depth in zip(paths, depths):
+            try:
+                plans.append(build_plan(depth, scope=scope, **plan_kwargs))
+            except SharingError as e:  # say which stack, when there are several
+                raise (SharingError(f"stack {path} ({depth} blocks): {e}") if len(paths) > 1 else e) from None
+        return plans
+    if isinstance(plan, SharingPlan) and len(paths) > 1:
+        raise SharingError(f"plan= is one SharingPlan, but blocks names {len(paths)} stacks ({', '.join(paths)}); give "
+                           f"a list of {len(paths)} plans (one per stack, in that order), or the plan keywords")
+    plans = [plan] if isinstance(plan, SharingPlan) else list(plan)
+    if len(plans) != len(paths):
+        raise SharingError(f"plan= has {len(plans)} plans, but blocks names {len(paths)} stacks ({', '.join(paths)}); "
+                           f"give one SharingPlan per stack, in that order")
+    for path, depth, p in zip(paths, depths, plans):
+        if p.depth != depth:
+            raise SharingError(f"the plan {'' if len(paths) == 1 else 'for ' + path + ' '}is for depth {p.depth} but "
+                               f"{path} has {depth} blocks")
+    return [SharingPlan(p.layer_to_set, parse_scope(scope)) if scope is not None else p for p in plans]
+
+
+def stack_plans(model: nn.Module, blocks: Union[str, Sequence[str]] = "blocks", plan=None, scope=None,
+                **plan_kwargs) -> list[SharingPlan]:
+    """The plan of each stack ``blocks`` names, as :func:`share` resolves them from ``plan`` or
+    the plan keywords (none given: every stack unshared)."""
+    refuse_beside_plan(plan, scope=scope, **plan_kwargs)
+    paths, _ = _stack_paths(model, blocks)
+    return _stack_plans(paths, [len(_find_stack(model, path)) for path in paths], plan, scope, **plan_kwargs)
 
 
 def share(
@@ -457,25 +602,26 @@ def share(
     relax: Optional[str] = None,
     relax_rank: int = 0,
     fit_relax: bool = True,
-    plan: Optional[SharingPlan] = None,
-    blocks: str = "blocks",
+    plan: Union[SharingPlan, Sequence[SharingPlan], None] = None,
+    blocks: Union[str, Sequence[str]] = "blocks",
     family: Optional[str] = None,
     inplace: bool = False,
 ) -> nn.Module:
-    """Share the parameters in ``scope`` across the layers of ``model``'s block stack.
+    """Share the parameters in ``scope`` across the layers of ``model``'s block stack, or of each
+    of its stacks (``blocks`` a list of paths or a glob such as ``"layers.*.blocks"``: each stack
+    is shared within itself).
 
-    The plan comes from the keywords (as :func:`spin.build_plan`) or from ``plan=``. ``scope``
+    The plan comes from the keywords (as :func:`spin.build_plan`, for each stack) or from
+    ``plan=`` (per stack: a list of plans, one per stack). ``scope``
     defaults to the family's (DeiT ``attn+mlp``, ConvNeXt ``dwconv+pwconv``, ConvMixer
-    ``pointwise``, MLP-Mixer ``token+channel``; every block parameter for other models). ``relax``
+    ``pointwise``, MLP-Mixer ``token+channel``, Swin ``attn+rpb+mlp``; every block parameter for
+    other models). ``relax``
     (lora with ``relax_rank``, or scale) adds per-layer deltas, fitted to the model's own weights
     (``fit_relax=False``: at their from-scratch init, B = 0 / scale 1, so the model is plain WS).
     Returns a transformed copy (the input is untouched unless ``inplace``); see the module docstring.
     """
     if not isinstance(model, nn.Module):
         raise SharingError(f"spin.share takes a torch.nn.Module, got a {type(model).__name__}")
-    if not isinstance(blocks, str):
-        raise SharingError(f"blocks is the dotted path of the block stack inside the model (e.g. 'blocks', "
-                           f"'trunk.layers'), got a {type(blocks).__name__}")
     for name, value in (("inplace", inplace), ("fit_relax", fit_relax)):
         if not isinstance(value, bool):
             raise SharingError(f"{name} must be True or False, got {value!r}")
@@ -490,9 +636,10 @@ def share(
             and isinstance(mapping, str) and isinstance(distribution, str):
         raise SharingError("nothing to share: give share_rate >= 2, num_sets, an explicit mapping or "
                            "distribution, or plan= (or fusion= for a WFWS model)")
-    if shared_sets_of(model) is not None:
+    paths, per_stack = _stack_paths(model, blocks)
+    if shared_stacks_of(model):
         raise SharingError("this model is already shared; share a vanilla model (spin.fuse(model) "
-                           "exports a WFWS model as WS)")
+                           "exports a WFWS model as WS; one call shares every stack blocks= names)")
     if hasattr(model, "shared"):
         raise SharingError(f"{type(model).__name__} already has an attribute 'shared'; spin.share "
                            f"stores the sets there")
@@ -500,48 +647,53 @@ def share(
     if family is not None and family != own_family:
         parts = None  # a family named by the caller: its vocabulary, not the class's
     family = family or own_family
-    stack = _find_stack(model, blocks)
-    depth = len(stack)
-    if plan is None:
-        plan = build_plan(depth, share_rate, num_sets, distribution, mapping, seed, scope)
-    else:
-        if plan.depth != depth:
-            raise SharingError(f"the plan is for depth {plan.depth} but {blocks} has {depth} blocks")
-        if scope is not None:
-            plan = SharingPlan(plan.layer_to_set, parse_scope(scope))
-    names = _in_scope(stack, plan.scope, family, blocks, parts)
+    stacks = [_find_stack(model, path) for path in paths]
+    kinds = {type(stack[0]).__name__: path for path, stack in zip(paths, stacks)}
+    if len(kinds) > 1:  # one scope is resolved for all: it must name the same parts everywhere
+        raise SharingError(f"blocks={blocks!r} names stacks of different block types "
+                           f"({', '.join(f'{p}: {k}' for k, p in kinds.items())}); one call shares stacks of one "
+                           f"block type: narrow blocks= to those")
+    plans = _stack_plans(paths, [len(stack) for stack in stacks], plan, scope, share_rate=share_rate,
+                         num_sets=num_sets, distribution=distribution, mapping=mapping, seed=seed)
+    names = [_in_scope(stack, p.scope, family, path, parts) for stack, p, path in zip(stacks, plans, paths)]
     if not inplace:
         model = copy.deepcopy(model)
-        stack = model.get_submodule(blocks)
-    sets = originals = None
-    with torch.no_grad():
-        if relax and fit_relax:  # the model's own per-layer weights, which the deltas are fitted to
-            originals = [{n: stack[i].get_parameter(n).detach().clone() for n in names} for i in range(depth)]
-        if fusion is None:
-            sets = [{n: stack[members[0]].get_parameter(n).detach().clone() for n in names}
-                    for members in plan.groups]
-    shared = _install(model, stack, plan, fusion, names, blocks, family, sets, relax, relax_rank)
-    if originals is not None:
-        shared.fit_deltas(lambda i, n: originals[i][n])
+        stacks = [model.get_submodule(path) for path in paths]
+    installed, fits = [], []
+    for stack, p, path, n in zip(stacks, plans, paths, names):
+        sets = originals = None
+        with torch.no_grad():
+            if relax and fit_relax:  # the model's own per-layer weights, which the deltas are fitted to
+                originals = [{k: stack[i].get_parameter(k).detach().clone() for k in n} for i in range(p.depth)]
+            if fusion is None:
+                sets = [{k: stack[members[0]].get_parameter(k).detach().clone() for k in n} for members in p.groups]
+        installed.append(_install(stack, p, fusion, n, path, family, sets, relax, relax_rank))
+        fits.append(originals)
+    _attach(model, installed, per_stack)
+    for shared, originals in zip(installed, fits):
+        if originals is not None:
+            shared.fit_deltas(lambda i, n, o=originals: o[i][n])
     return model
 
 
 def fuse(model: nn.Module) -> nn.Module:
-    """The WS export of a WFWS model: N sets holding the fused tensors, no coefficients, the
-    per-layer copies gone; its eval logits equal the WFWS model's. Returns a new model."""
-    shared = shared_sets_of(model)
-    if shared is None or shared.fusion is None:
+    """The WS export of a WFWS model: N sets holding the fused tensors (per stack), no
+    coefficients, the per-layer copies gone; its eval logits equal the WFWS model's. Returns a
+    new model."""
+    stacks = shared_stacks_of(model)
+    if not stacks or stacks[0].fusion is None:
         raise SharingError("fuse() needs a WFWS model (shared with a fusion); this model has none")
     with torch.no_grad():
-        sets = [{n: shared.set_tensor(g, n).detach().clone() for n in shared.names}
-                for g in range(shared.plan.num_sets)]
+        fused = [[{n: shared.set_tensor(g, n).detach().clone() for n in shared.names}
+                  for g in range(shared.plan.num_sets)] for shared in stacks]
     out = copy.deepcopy(model)
-    old = _uninstall(out)
-    stack = out.get_submodule(old.blocks_path)
-    new = _install(out, stack, old.plan, None, list(old.names), old.blocks_path, old.family, sets,
-                   old.relax, old.relax_rank)
-    if old.relax:  # the deltas are part of the export
-        new.relax_params.load_state_dict(old.relax_params.state_dict())
+    old, per_stack = _uninstall(out)
+    new = [_install(out.get_submodule(o.blocks_path), o.plan, None, list(o.names), o.blocks_path, o.family, sets,
+                    o.relax, o.relax_rank) for o, sets in zip(old, fused)]
+    _attach(out, new, per_stack)
+    for o, n in zip(old, new):
+        if o.relax:  # the deltas are part of the export
+            n.relax_params.load_state_dict(o.relax_params.state_dict())
     return out
 
 
@@ -549,11 +701,12 @@ def fit_relax_deltas(model: nn.Module) -> bool:
     """Fit a relaxed WFWS model's deltas to its stored per-layer weights (after loading a vanilla
     checkpoint into it): the relaxed model then starts as close to that checkpoint as the rank
     allows. Returns False when there is nothing to fit (no relax, or WS: no per-layer weights)."""
-    shared = shared_sets_of(model)
-    if shared is None or not shared.relax or shared.fusion is None:
-        return False
-    shared.fit_deltas(shared.stored)
-    return True
+    fitted = False
+    for shared in shared_stacks_of(model):
+        if shared.relax and shared.fusion is not None:
+            shared.fit_deltas(shared.stored)
+            fitted = True
+    return fitted
 
 
 init_relax = fit_relax_deltas  # its former name
@@ -561,16 +714,21 @@ init_relax = fit_relax_deltas  # its former name
 
 def unique_parameters(model: nn.Module) -> int:
     """Parameters of the model as exported (WFWS: after :func:`fuse`); any model."""
-    shared = shared_sets_of(model)
-    return sum(p.numel() for p in model.parameters()) - (shared.export_drops() if shared else 0)
+    return sum(p.numel() for p in model.parameters()) - sum(s.export_drops() for s in shared_stacks_of(model))
 
 
 def layer_weights(model: nn.Module, scope=None) -> list[dict[str, torch.Tensor]]:
     """Per layer, the in-scope weights that layer has of its own: the stored copies of a vanilla
     or WFWS model (what a fusion combines), the set (with its delta) each layer reads in a WS
-    model. ``scope`` (a vanilla model only; default: the family's) names what is in scope."""
-    shared = shared_sets_of(model)
-    if shared is not None:
+    model. ``scope`` (a vanilla model only; default: the family's) names what is in scope. One
+    stack only: layers of stacks of different widths do not compare."""
+    stacks = shared_stacks_of(model)
+    if len(stacks) > 1:
+        raise SharingError(f"layer_weights compares the layers of one block stack, and this model shares "
+                           f"{len(stacks)} ({', '.join(s.blocks_path for s in stacks)}); compare one stage of it, "
+                           f"e.g. a model shared with blocks={stacks[0].blocks_path!r}")
+    if stacks:
+        shared = stacks[0]
         read = shared.stored if shared.fusion else shared.layer_tensor
         return [{n: read(i, n) for n in shared.names} for i in range(shared.plan.depth)]
     stack = _find_stack(model, "blocks")
@@ -580,6 +738,10 @@ def layer_weights(model: nn.Module, scope=None) -> list[dict[str, torch.Tensor]]
 
 
 def sharing_of(model: nn.Module):
-    """(plan, fusion) of a model shared by :func:`share`, else (None, None)."""
-    shared = shared_sets_of(model)
-    return (shared.plan, shared.fusion) if shared is not None else (None, None)
+    """(plan, fusion) of a model shared by :func:`share`, else (None, None); for a model shared
+    on several stacks, (:class:`~spin.sharing.StagePlans`: one plan per stack, fusion)."""
+    stacks = shared_stacks_of(model)
+    if not stacks:
+        return None, None
+    plans = stacks[0].plan if len(stacks) == 1 else StagePlans([s.plan for s in stacks])
+    return plans, stacks[0].fusion

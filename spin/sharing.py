@@ -116,6 +116,47 @@ class SharingPlan:
     def unshared(cls, depth: int) -> "SharingPlan":
         return cls(tuple(range(depth)))
 
+class StagePlans(tuple):
+    """The plans of a model shared per stage (one block stack per stage, each shared within
+    itself), in model order. It is a tuple of :class:`SharingPlan` and also answers what a
+    single plan answers about the model as a whole, so code written for one stack (a log line,
+    ``spin stats``) reads it too: ``depth`` and ``num_sets`` are totals over the stages,
+    ``layer_to_set`` and ``scope`` are per stage / common, ``is_shared`` is true when any stage is."""
+
+    def __new__(cls, plans: Sequence[SharingPlan]):
+        plans = tuple(plans)
+        if not plans or not all(isinstance(p, SharingPlan) for p in plans):
+            raise SharingError(f"per-stage plans are a non-empty list of spin.SharingPlan, got {plans!r}")
+        return super().__new__(cls, plans)
+
+    @property
+    def depth(self) -> int:
+        return sum(p.depth for p in self)
+
+    @property
+    def num_sets(self) -> int:
+        return sum(p.num_sets for p in self)
+
+    @property
+    def layer_to_set(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(p.layer_to_set for p in self)
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        return tuple(s for p in self for s in p.group_sizes)
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s for p in self for s in p.scope))
+
+    @property
+    def is_shared(self) -> bool:
+        return any(p.is_shared for p in self)
+
+    def shares(self, part: str) -> bool:
+        return any(p.shares(part) for p in self)
+
+
 
 def parse_scope(scope: Union[str, Sequence[str], None]) -> tuple[str, ...]:
     """'pointwise', 'both', 'norm+pointwise', 'attn+mlp.fc1', ['depthwise'] -> canonical tuple:
@@ -329,14 +370,17 @@ def build_plan(
 PLAN_DEFAULTS = {"share_rate": 1, "num_sets": 0, "distribution": "uniform", "mapping": "sequential", "seed": 0}
 
 
-def refuse_beside_plan(plan: Optional[SharingPlan], **plan_kwargs) -> None:
-    """A ready ``plan=`` is the whole plan: plan keywords given beside it (other than their
-    defaults) would be ignored, so they are an error. ``scope`` may name the scope of a plan
-    that has none, and may repeat the plan's own."""
+def refuse_beside_plan(plan, **plan_kwargs) -> None:
+    """A ready ``plan=`` (a plan, or a list of them: one per block stack) is the whole plan: plan
+    keywords given beside it (other than their defaults) would be ignored, so they are an error.
+    ``scope`` may name the scope of a plan that has none, and may repeat the plan's own."""
     if plan is None:
         return
-    if not isinstance(plan, SharingPlan):
-        raise SharingError(f"plan must be a spin.SharingPlan (spin.build_plan(...)), got a {type(plan).__name__}")
+    plans = list(plan) if isinstance(plan, (list, tuple)) else [plan]
+    if not plans or not all(isinstance(p, SharingPlan) for p in plans):
+        what = next((p for p in plans if not isinstance(p, SharingPlan)), plan)
+        raise SharingError(f"plan must be a spin.SharingPlan (spin.build_plan(...)) or a list of them, one per block "
+                           f"stack, got {'an empty list' if not plans else 'a ' + type(what).__name__}")
     scope = plan_kwargs.pop("scope", None)
     def changed(v, default) -> bool:
         if isinstance(default, str):  # a named distribution / mapping, or an explicit list
@@ -344,7 +388,7 @@ def refuse_beside_plan(plan: Optional[SharingPlan], **plan_kwargs) -> None:
         return isinstance(v, (str, bool)) or v != default
 
     given = [k for k, v in plan_kwargs.items() if k in PLAN_DEFAULTS and v is not None and changed(v, PLAN_DEFAULTS[k])]
-    if scope is not None and plan.scope and parse_scope(scope) != plan.scope:
+    if scope is not None and any(p.scope and parse_scope(scope) != p.scope for p in plans):
         given.append("scope")
     if given:
         raise SharingError(f"plan= is given together with {', '.join(given)}: a ready plan fixes the sets, the "

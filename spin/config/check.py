@@ -46,9 +46,14 @@ def check_cfg(cfg: CfgNode, job: str = "train", procs_per_machine: int = 1, pare
     if desc is not None:
         sec = desc.section
         arch = cfg[sec]
-        need(arch.DEPTH >= 1, f"{sec}.DEPTH must be >= 1, got {arch.DEPTH}")
+        if desc.stacks is None:
+            need(arch.DEPTH >= 1, f"{sec}.DEPTH must be >= 1, got {arch.DEPTH}")
+            deep = arch.DEPTH >= 1
+        else:  # a hierarchical family's own check names a bad stage depth
+            stacks = desc.stacks(cfg)
+            deep = bool(stacks) and all(isinstance(d, int) and d >= 1 for _, d in stacks)
         # the plan keys' own rules, where the model build enforces them (a plan needs a depth)
-        for resolve in ((plan_from_cfg,) if arch.DEPTH >= 1 else ()) + (fusion_from_cfg, relax_from_cfg):
+        for resolve in ((plan_from_cfg,) if deep else ()) + (fusion_from_cfg, relax_from_cfg):
             try:
                 resolve(cfg)
             except SharingError as e:

@@ -26,7 +26,7 @@ import yaml
 
 from .. import identity as idn
 from ..errors import SpinError
-from ..share_transform import fit_relax_deltas
+from ..share_transform import fit_relax_deltas, single_stack_key
 from .loop import NonFiniteLossError
 from .runfolder import atomic_write
 
@@ -221,7 +221,7 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
     family = family_of_model(model)
     if family is not None and family.checkpoint_filter is not None:  # e.g. earlier ConvMixer layouts
         state_dict = family.checkpoint_filter(state_dict, model)
-    missing = [k for k in own if k not in state_dict and not k.startswith(allow_missing)]
+    missing = [k for k in own if k not in state_dict and not single_stack_key(k).startswith(allow_missing)]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
@@ -244,7 +244,8 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
 def fit_relax_to_file(model: nn.Module, ck: dict) -> bool:
     """A relaxed WFWS model loaded from a file without deltas (a vanilla one): fit the deltas to the
     file's per-layer weights, as ``spin.share`` does for a pretrained model. True if it fitted."""
-    return not any(k.startswith(RELAX_KEYS) for k in ck["model_state"]) and fit_relax_deltas(unwrap(model))
+    return not any(single_stack_key(k).startswith(RELAX_KEYS) for k in ck["model_state"]) \
+        and fit_relax_deltas(unwrap(model))
 
 
 def _param_keys(model: nn.Module) -> dict[int, str]:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..share_transform import shared_sets_of
+from ..share_transform import shared_stacks_of
 
 
 
@@ -19,8 +19,8 @@ def param_groups(model: nn.Module, weight_decay: float, bn_weight_decay: float,
     get none."""
     bn_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
               for p in m.parameters(recurse=False)}
-    shared = shared_sets_of(model)  # spin.share moves a shared BatchNorm's parameters into its sets
-    bn_ids |= {id(p) for p in (shared.batchnorm_parameters() if shared is not None else [])}
+    # spin.share moves a shared BatchNorm's parameters into its sets
+    bn_ids |= {id(p) for shared in shared_stacks_of(model) for p in shared.batchnorm_parameters()}
     skip = set(model.no_weight_decay()) if zero_wd_1d and hasattr(model, "no_weight_decay") else set()
     bn, rest, none = [], [], []
     for name, p in model.named_parameters():

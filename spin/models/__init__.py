@@ -1,9 +1,10 @@
-"""Models: ConvMixer (spin's, upstream keys), DeiT/ViT and MLP-Mixer (timm's), the isotropic
-ConvNeXt, each with vanilla, ws_ and wfws_ named builders; config -> model. Hugging Face GPT-2 and
-Llama stacks (``lm``: their named scope parts, next-token distillation; transformers not imported)."""
+"""Models: ConvMixer (spin's, upstream keys), DeiT/ViT, MLP-Mixer and Swin (timm's; Swin shared per
+stage), the isotropic ConvNeXt, each with vanilla, ws_ and wfws_ named builders; config -> model.
+Hugging Face GPT-2 and Llama stacks (``lm``: their named scope parts, next-token distillation;
+transformers not imported)."""
 import warnings
 
-from . import convmixer, convnext_iso, mixer, vit  # noqa: F401  (register the named builders)
+from . import convmixer, convnext_iso, mixer, swin, vit  # noqa: F401  (register the named builders)
 from . import lm  # noqa: F401  (after them: its parts reuse vit's names, whose canonical order stays)
 from .convmixer import SpinConvMixer
 from .convnext_iso import ConvNeXtIsotropic

@@ -1,7 +1,8 @@
 """Config -> model. This is the one place a CfgNode becomes model keyword arguments.
 
-``MODEL.MODEL_NAME`` picks the family, its section (CONVMIXER, VIT, CONVNEXT, MIXER) the
-architecture, and WEIGHT_SHARE the plan (every family's). ``plan_from_cfg``, ``fusion_from_cfg``
+``MODEL.MODEL_NAME`` picks the family, its section (CONVMIXER, VIT, CONVNEXT, MIXER, SWIN) the
+architecture, and WEIGHT_SHARE the plan (every family's; a hierarchical family's applies to each of
+its stages, one plan per stage). ``plan_from_cfg``, ``fusion_from_cfg``
 and ``relax_from_cfg`` are the one home of the plan keys' rules: the config check reports what they
 raise, and the model is built from what they return.
 """
@@ -17,8 +18,8 @@ from ..config import ConfigError
 from ..errors import SpinError
 from ..fusion import parse_fusion
 from ..relax import parse_relax
-from ..sharing import DISTRIBUTIONS, MAPPINGS, SharingError, SharingPlan, build_plan, parse_scope
-from . import convmixer, convnext_iso, mixer, vit  # noqa: F401  (each registers its family)
+from ..sharing import DISTRIBUTIONS, MAPPINGS, SharingError, SharingPlan, StagePlans, build_plan, parse_scope
+from . import convmixer, convnext_iso, mixer, swin, vit  # noqa: F401  (each registers its family)
 from .family import FAMILIES, MODEL_NAMES, Family
 from .registry import get_builder, list_models
 
@@ -56,8 +57,16 @@ def names_builder(cfg) -> bool:
     return cfg.MODEL.MODEL_NAME not in MODEL_NAMES
 
 
+def model_stacks(cfg) -> list[tuple[str, int]]:
+    """(stack path, depth) of each block stack the model shares within itself: one for an
+    isotropic family, one per stage for a hierarchical one."""
+    fam = family_of(cfg)
+    return fam.stacks(cfg) if fam.stacks else [("blocks", cfg[fam.section].DEPTH)]
+
+
 def model_depth(cfg) -> int:
-    return cfg[family_of(cfg).section].DEPTH
+    """The number of blocks (over all stages)."""
+    return sum(depth for _, depth in model_stacks(cfg))
 
 
 def _fusion(ws):
@@ -90,10 +99,12 @@ def relax_from_cfg(cfg) -> dict:
     return {"relax": relax, "relax_rank": ws.RELAX_RANK if relax == "lora" else 0}
 
 
-def plan_from_cfg(cfg) -> SharingPlan:
+def plan_from_cfg(cfg):
     """The plan WEIGHT_SHARE.* resolves to against the model's depth; unshared when ENABLE is
-    False, its keys' values checked all the same (a bad value is an error whether it is read or not)."""
-    ws, depth = cfg.WEIGHT_SHARE, model_depth(cfg)
+    False, its keys' values checked all the same (a bad value is an error whether it is read or not).
+    A hierarchical family gets :class:`~spin.sharing.StagePlans`: the keys applied to each stage."""
+    ws, stacks = cfg.WEIGHT_SHARE, model_stacks(cfg)
+    staged = family_of(cfg).stacks is not None
     dist, mapping = str(ws.SHARING_DISTRIBUTION), str(ws.SHARING_MAPPING)
     if dist.lower() not in DISTRIBUTIONS + ("custom",):
         raise SharingError(f"unknown WEIGHT_SHARE.SHARING_DISTRIBUTION {dist!r}; allowed: {', '.join(DISTRIBUTIONS)}, "
@@ -113,7 +124,12 @@ def plan_from_cfg(cfg) -> SharingPlan:
         if _fusion(ws):
             raise SharingError(f"WEIGHT_SHARE.REDUCTION_FN is {ws.REDUCTION_FN!r} but WEIGHT_SHARE.ENABLE is False; "
                                f"set WEIGHT_SHARE.ENABLE True for a WFWS model")
-        return SharingPlan.unshared(depth)
+        plans = [SharingPlan.unshared(depth) for _, depth in stacks]
+        return StagePlans(plans) if staged else plans[0]
+    if staged and (ws.GROUP_SIZES or ws.LAYER_MAP):
+        raise SharingError(f"WEIGHT_SHARE.GROUP_SIZES / LAYER_MAP describe one stack, but {family_of(cfg).section} "
+                           f"shares each stage within itself (depths {[d for _, d in stacks]}); drop them and give "
+                           f"SHARE_RATE or NUM_SETS, applied to every stage")
     if (dist.lower() == "custom") != bool(ws.GROUP_SIZES):
         raise SharingError(
             f"WEIGHT_SHARE.SHARING_DISTRIBUTION is {dist!r} and GROUP_SIZES is {list(ws.GROUP_SIZES)}: an "
@@ -122,14 +138,18 @@ def plan_from_cfg(cfg) -> SharingPlan:
         raise SharingError(
             f"WEIGHT_SHARE.SHARING_MAPPING is {mapping!r} and LAYER_MAP is {list(ws.LAYER_MAP)}: an explicit "
             f"mapping needs both SHARING_MAPPING custom and a non-empty LAYER_MAP list")
-    try:
-        return build_plan(
-            depth, share_rate=ws.SHARE_RATE, num_sets=ws.NUM_SETS,
-            distribution=list(ws.GROUP_SIZES) if ws.GROUP_SIZES else dist,
-            mapping=list(ws.LAYER_MAP) if ws.LAYER_MAP else mapping,
-            seed=ws.SEED, scope=scope)
-    except SharingError as e:  # build_plan speaks of keywords; say which section they came from
-        raise SharingError(f"WEIGHT_SHARE: {e}") from None
+    plans = []
+    for k, (_, depth) in enumerate(stacks):
+        try:
+            plans.append(build_plan(
+                depth, share_rate=ws.SHARE_RATE, num_sets=ws.NUM_SETS,
+                distribution=list(ws.GROUP_SIZES) if ws.GROUP_SIZES else dist,
+                mapping=list(ws.LAYER_MAP) if ws.LAYER_MAP else mapping,
+                seed=ws.SEED, scope=scope))
+        except SharingError as e:  # build_plan speaks of keywords; say which section (and stage) they came from
+            where = f" (stage {k}, {depth} blocks)" if staged else ""
+            raise SharingError(f"WEIGHT_SHARE{where}: {e}") from None
+    return StagePlans(plans) if staged else plans[0]
 
 
 def model_kwargs(cfg) -> dict:

@@ -32,6 +32,10 @@ class Family:
     choices: dict = field(default_factory=dict)  # "SECTION.KEY" -> allowed values
     check: Callable[[CfgNode], list[str]] = lambda cfg: []  # its own problems, each with the fix
     width_key: str = ""  # the section key of its width (checked >= 1)
+    # A hierarchical family: config -> [(stack path, depth)], one block stack per stage, each
+    # shared within itself by its own plan (WEIGHT_SHARE's keys applied to every stage). None:
+    # one stack, SECTION.DEPTH blocks deep.
+    stacks: Optional[Callable[[CfgNode], list[tuple[str, int]]]] = None
     # (state_dict, model) -> the state dict in the model's own state_dict() layout (other layouts
     # the family's checkpoints come in); None: files are in that layout already
     checkpoint_filter: Optional[Callable[[dict, nn.Module], dict]] = None

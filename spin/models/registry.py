@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from ..config import ConfigError
 from ..fusion import parse_fusion
-from ..share_transform import share, shared_sets_of
-from ..sharing import SharingError, SharingPlan, build_plan, parse_scope, refuse_beside_plan
+from ..share_transform import share, shared_stacks_of, stack_plans
+from ..sharing import SharingError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 PLAN_KEYS = ("share_rate", "num_sets", "distribution", "mapping", "seed", "scope")
@@ -71,31 +71,18 @@ def split_plan_kwargs(kwargs: dict) -> dict:
     return {k: kwargs.pop(k) for k in (*PLAN_KEYS, "plan", "fusion", "relax", "relax_rank") if k in kwargs}
 
 
-def resolve_plan(depth: int, plan_kwargs: dict) -> Optional[SharingPlan]:
-    """The plan the keywords ask for, or None when they ask for nothing."""
-    plan = plan_kwargs.get("plan")
-    rest = {k: v for k, v in plan_kwargs.items() if k in PLAN_KEYS}
-    refuse_beside_plan(plan, **rest)
-    if plan is None and rest:
-        plan = build_plan(depth, **rest)
-    elif plan is not None and rest.get("scope") is not None:  # the scope of a plan that has none
-        plan = SharingPlan(plan.layer_to_set, parse_scope(rest["scope"]))
-    return plan
-
-
-def apply_sharing(model: nn.Module, plan_kwargs: dict) -> nn.Module:
-    """``spin.share`` a freshly built model (in place) when its builder was asked for a shared
-    plan or a fusion; a vanilla model keeps its own keys."""
-    depth = len(model.blocks)
-    plan = resolve_plan(depth, plan_kwargs) or SharingPlan.unshared(depth)
+def apply_sharing(model: nn.Module, plan_kwargs: dict, blocks: str = "blocks") -> nn.Module:
+    """``spin.share`` a freshly built model (in place) on its stack(s) ``blocks`` when its builder
+    was asked for a shared plan or a fusion; a vanilla model keeps its own keys."""
+    plans = stack_plans(model, blocks, **{k: v for k, v in plan_kwargs.items() if k in (*PLAN_KEYS, "plan")})
     fusion = plan_kwargs.get("fusion")
-    if not plan.is_shared and not parse_fusion(fusion):
+    if not any(p.is_shared for p in plans) and not parse_fusion(fusion):
         if plan_kwargs.get("relax") not in (None, "none", "None", ""):
             raise SharingError(f"relax={plan_kwargs['relax']!r} adds per-layer deltas to shared sets; this model "
                                f"shares nothing (give share_rate >= 2, num_sets, a plan, or a fusion)")
         return model
     # A model built from its keywords starts from scratch: its deltas at their init (plain WS).
-    return share(model, plan=plan, fusion=fusion, relax=plan_kwargs.get("relax"),
+    return share(model, plan=plans, fusion=fusion, relax=plan_kwargs.get("relax"), blocks=blocks,
                  relax_rank=plan_kwargs.get("relax_rank", 0), fit_relax=False, inplace=True)
 
 
@@ -167,12 +154,12 @@ def feature_net(model: nn.Module, cfg: dict) -> nn.Module:
     kind = cfg.pop("feature_cls", "getter")
     if kind not in classes:
         raise ConfigError(f"feature_cls {kind!r} is not one of timm's; allowed: {', '.join(classes)}")
-    shared = shared_sets_of(model)
-    if shared is not None and kind != "getter":
+    stacks = shared_stacks_of(model)
+    if stacks and kind != "getter":
         raise SharingError(f"features_only with feature_cls={kind!r} rebuilds or traces the model from its modules, "
                            f"without the shared sets its blocks read; use feature_cls='getter' (the default)")
     if kind == "getter":
-        cfg.setdefault("prune", shared is None or shared.fusion is None)
+        cfg.setdefault("prune", not any(s.fusion is not None for s in stacks))
     else:
         if getattr(model, "output_fmt", None) is not None:
             cfg.setdefault("output_fmt", model.output_fmt)
@@ -218,11 +205,11 @@ def with_cfg(cfg: dict) -> Callable:
     return decorate
 
 
-def create_timm(model_cls: type, variant: str, defaults: dict, **kwargs) -> nn.Module:
+def create_timm(model_cls: type, variant: str, defaults: dict, *, blocks: str = "blocks", **kwargs) -> nn.Module:
     """timm's ``model_cls`` built as its ``variant`` (``defaults`` are that variant's keywords,
     ``kwargs`` override them), with timm's pretrained cfg for the variant (:func:`timm_cfg`),
-    shared when plan keywords or ``fusion`` are given."""
+    shared on its stack(s) ``blocks`` when plan keywords or ``fusion`` are given."""
     plan_kwargs = split_plan_kwargs(kwargs)
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
-    model = apply_sharing(model_cls(**{**defaults, **kwargs}), plan_kwargs)
+    model = apply_sharing(model_cls(**{**defaults, **kwargs}), plan_kwargs, blocks)
     return set_cfg(model, timm_cfg(variant), overlay)
