@@ -144,7 +144,7 @@ def compress(checkpoint: str, out: str, cfg_files: Sequence[str] = (), opts: Seq
              share_rate: int = 2, num_sets: int = 0, fusion: str = "mean", suggest: int = 0, epochs: int = 0,
              distill: bool = True, export: str = "", say=print) -> dict:
     from ..engine.trainer import train
-    from ..models.factory import model_depth
+    from ..models.factory import model_depth, model_stacks
 
     if not os.path.isfile(checkpoint):
         raise ConfigError(f"--checkpoint {checkpoint!r} does not exist; give the trained vanilla model's "
@@ -161,6 +161,9 @@ def compress(checkpoint: str, out: str, cfg_files: Sequence[str] = (), opts: Seq
     both, student_opts = _split(opts)
     tcfg = teacher_config(checkpoint, cfg_files, both)
     check_cfg(tcfg, "stats")
+    if suggest and len(model_stacks(tcfg)) > 1:
+        raise ConfigError(f"--suggest finds a plan for one block stack; {family_of(tcfg).name} has "
+                          f"{len(model_stacks(tcfg))} stages: give --share-rate or --num-sets (each stage's)")
     if suggest and not 1 <= suggest <= model_depth(tcfg):
         raise ConfigError(f"--suggest {suggest}: give 1 <= N <= the depth {model_depth(tcfg)}")
     cfg = student_config(tcfg, checkpoint, out, share_rate, num_sets, fusion, epochs, distill, student_opts)
@@ -217,8 +220,8 @@ def compress(checkpoint: str, out: str, cfg_files: Sequence[str] = (), opts: Seq
     speed = _speed({"t": tmodel.eval(), "s": smodel.eval()}, x)
     rows[0]["img_s"], rows[1]["img_s"] = speed["t"], speed["s"]
     plan = (f"layer map {list(cfg.WEIGHT_SHARE.LAYER_MAP)}" if cfg.WEIGHT_SHARE.LAYER_MAP else
-            f"share rate {cfg.WEIGHT_SHARE.SHARE_RATE}" + (f", {cfg.WEIGHT_SHARE.NUM_SETS} sets"
-                                                           if cfg.WEIGHT_SHARE.NUM_SETS else ""))
+            f"{cfg.WEIGHT_SHARE.NUM_SETS} set(s) per block stack" if cfg.WEIGHT_SHARE.NUM_SETS else
+            f"share rate {cfg.WEIGHT_SHARE.SHARE_RATE}")
     result = {"teacher": os.path.abspath(checkpoint), "family": family_of(cfg).name, "plan": plan,
               "fusion": fusion, "distill": (f"{cfg.DISTILL.TYPE} KD, alpha {cfg.DISTILL.ALPHA}, tau {cfg.DISTILL.TAU}"
                                             if cfg.DISTILL.ENABLE else "off"),
