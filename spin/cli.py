@@ -331,7 +331,7 @@ def compress_main(argv: Sequence[str]):
                    help="the trained vanilla model: a spin .pyth (its stored config), or a .pth/.safetensors with --cfg")
     p.add_argument("--cfg", action="append", default=[], help="the teacher's config (for a file without a stored one)")
     p.add_argument("--out", default="", help="folder for every step's output (default: <checkpoint>-compressed)")
-    p.add_argument("--share-rate", type=int, default=2, help="layers per shared set (default 2)")
+    p.add_argument("--share-rate", type=int, default=None, help="layers per shared set (default 2)")
     p.add_argument("--num-sets", type=int, default=0, help="sets per stack instead of a rate (1: MiniViT's one per stage)")
     p.add_argument("--suggest", type=int, default=0, metavar="N",
                    help="the plan with N sets that spin analyze suggests from the teacher's weights")
@@ -341,10 +341,12 @@ def compress_main(argv: Sequence[str]):
     p.add_argument("--export", default="", choices=["", "pt2", "onnx"], help="also export the fused model")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (plan, DISTILL, SOLVER keys: the student's)")
     args = parse(p, argv)
-    if args.suggest and (args.num_sets or args.share_rate != 2):
+    if args.suggest and (args.num_sets or args.share_rate is not None):
         raise ConfigError("--suggest picks the plan itself; drop --share-rate / --num-sets (or --suggest)")
+    if args.num_sets and args.share_rate is not None:
+        raise ConfigError("--num-sets and --share-rate both set the sets of each stack; give one of them")
     out = args.out or os.path.splitext(os.path.abspath(args.checkpoint))[0] + "-compressed"
-    res = compress(args.checkpoint, out, args.cfg, args.opts, share_rate=args.share_rate, num_sets=args.num_sets,
+    res = compress(args.checkpoint, out, args.cfg, args.opts, share_rate=args.share_rate or 2, num_sets=args.num_sets,
                    fusion=args.fusion, suggest=args.suggest, epochs=args.epochs, distill=not args.no_distill,
                    export=args.export)
     from .tools.compress import markdown

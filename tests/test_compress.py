@@ -58,12 +58,17 @@ def test_compress_end_to_end_then_rerun_resumes(teacher, tmp_path):
     assert [r["top1"] for r in again["rows"]] == [t["top1"], s["top1"]]
 
 
-def test_compress_suggest_picks_a_plan_from_analysis(teacher, tmp_path):
+def test_compress_suggest_or_num_sets_picks_the_plan(teacher, tmp_path):
     _, ck = teacher
     res = compress(ck, str(tmp_path / "s"), suggest=2, epochs=1,
                    opts=["LOG_PERIOD", "0", "TRAIN.MAX_ITERS_PER_EPOCH", "2"], say=lambda m: None)
     plan = json.loads((tmp_path / "s" / "analysis" / "analysis.json").read_text())["suggestions"][0]["layer_map"]
     assert res["plan"] == f"layer map {plan}" and len(set(plan)) == 2 and res["epochs"] == 1
+    # a set count instead of the default rate (one set for the 4 blocks)
+    one = compress(ck, str(tmp_path / "n"), num_sets=1, epochs=1,
+                   opts=["LOG_PERIOD", "0", "TRAIN.MAX_ITERS_PER_EPOCH", "2"], say=lambda m: None)
+    ws1 = load_config([TINY], ["WEIGHT_SHARE.NUM_SETS", "1", "WEIGHT_SHARE.SHARE_RATE", "1"])
+    assert one["rows"][1]["parameters"] == sum(p.numel() for p in build_model(ws1).parameters())
 
 
 def _errors(capsys):
@@ -85,7 +90,9 @@ def test_compress_bad_inputs_are_one_error_and_write_nothing(teacher, tmp_path, 
              (["--checkpoint", ck, "--suggest", "9"], "--suggest 9"),
              (["--checkpoint", ck, "--fusion", "none"], "--fusion"),
              (["--checkpoint", ck, "--share-rate", "3"], "share rate 3"),
-             (["--checkpoint", ck, "DISTILL.ALPHA", "2"], "DISTILL.ALPHA")]
+             (["--checkpoint", ck, "DISTILL.ALPHA", "2"], "DISTILL.ALPHA"),
+             (["--checkpoint", ck, "DISTILL.HIDDEN_WEIGHT", "1", "DISTILL.LAYERS", "[40]"], "out of range"),
+             (["--checkpoint", ck, "--num-sets", "1", "--share-rate", "2"], "give one of them")]
     for argv, msg in cases:
         assert main(["compress", *argv, "--out", str(out)]) == 2
         assert msg in _errors(capsys), argv

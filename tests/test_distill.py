@@ -103,11 +103,40 @@ def test_hidden_and_attention_taps_on_a_vit():
     crit = DistillationLoss(nn.CrossEntropyLoss(), teacher, other, hidden_weight=1.0, attn_weight=1.0)
     with torch.no_grad():
         other.eval()(x)
-    assert crit._s.hidden == [] and crit._s.attn == []
+    assert crit._s.hidden == {} and crit._s.attn == {}
     out = other.train()(x)
     crit(x, out, y)
     assert all(crit.parts[k].item() > 0 for k in ("kd", "hidden", "attn"))
     crit.close()
+
+
+def test_layer_pairs_follow_the_lists_and_shapes_are_checked_before_training():
+    from spin.engine.distill import build_distillation
+    from spin.models.vit import vision_transformer
+
+    kw = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3)
+    student, teacher = vision_transformer(**kw), vision_transformer(**kw)
+    with torch.no_grad():  # peaked attention maps: a random init's are near uniform in every layer
+        for blk in student.blocks:
+            blk.attn.qkv.weight.mul_(20)
+    teacher.load_state_dict(student.state_dict())
+    teacher.eval().requires_grad_(False)
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    terms = {}
+    for name, t_layers in (("same", [0, 1]), ("crossed", [1, 0])):
+        crit = DistillationLoss(nn.CrossEntropyLoss(), teacher, student, attn_weight=1.0, layers=[0, 1],
+                                teacher_layers=t_layers)
+        crit(x, student.train()(x), y)
+        terms[name] = crit.parts["attn"].item()
+        crit.close()
+    # student 0 with teacher 0 (identical models: zero) vs student 0 with teacher 1 (other attention)
+    assert terms["same"] == pytest.approx(0.0, abs=1e-5) and terms["crossed"] > 1e-2
+    # a teacher of another token count (patch 4: 17 tokens vs 5): refused when the loss is built
+    other = vision_transformer(**dict(kw, patch_size=4)).eval().requires_grad_(False)
+    cfg = load_config([], ["DISTILL.ENABLE", "True", "DISTILL.TEACHER", "t.pyth", "DISTILL.HIDDEN_WEIGHT", "1",
+                           "DATA.TRAIN_CROP_SIZE", "16"])
+    with pytest.raises(DistillError, match="pair 0 \\(hidden\\).*same \\(batch, tokens\\)"):
+        build_distillation(cfg, nn.CrossEntropyLoss(), other, student)
 
 
 def test_attention_kd_on_a_convmixer_is_refused():
@@ -130,6 +159,14 @@ def test_gradient_accumulation_equals_the_large_batch():
         models.append(m)
     assert torch.allclose(models[0].weight, models[1].weight, atol=1e-6)
     assert not torch.equal(models[0].weight, nn.Linear(5, 3).weight)
+    # a group whose last batch is unreadable still steps on the batches it has
+    torch.manual_seed(1)
+    m = nn.Linear(5, 3)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    before = m.weight.detach().clone()
+    train_one_epoch(m, data[:1] + [(None, None, 8)], opt, nn.CrossEntropyLoss(), torch.device("cpu"), 0, 1,
+                    lambda e: 0.5, log_period=0, accum_steps=2)
+    assert not torch.equal(m.weight, before)
 
 
 # ------------------------------------------------------------------------ the engine

@@ -146,18 +146,21 @@ def _tokens(x, fmt: str) -> torch.Tensor:
 
 
 class _Taps:
-    """Forward hooks that keep the chosen blocks' outputs (and attention maps) of one forward."""
+    """Forward hooks that keep the chosen blocks' outputs (and attention maps) of one forward, in
+    slot k for the k-th layer of the list (so pairs are by position in LAYERS / TEACHER_LAYERS,
+    whatever order the forward reaches them in)."""
 
     def __init__(self, model: nn.Module, refs, who: str, hidden: bool, attn: bool):
         # The student's taps record its training forwards only (evaluations, and an EMA copy made
         # after the hooks, pass by); the teacher's record the forwards the loss makes (``on``).
-        self.hidden, self.attn, self.handles, self.on = [], [], [], who == "student"
-        self.who = who
+        self.hidden, self.attn, self.handles, self.on = {}, {}, [], who == "student"
+        self.who, self.force, self.model = who, False, model
         fmt = getattr(model, "output_fmt", "NCHW")
-        for ref in refs:
+        for k, ref in enumerate(refs):
             block = _layer(model, ref, who)
             if hidden:
-                self.handles.append(block.register_forward_hook(self._keep(self.hidden, lambda out: _tokens(out, fmt))))
+                self.handles.append(block.register_forward_hook(
+                    self._keep(self.hidden, k, lambda out: _tokens(out, fmt))))
             if attn:
                 qkv, heads = getattr(getattr(block, "attn", None), "qkv", None), getattr(
                     getattr(block, "attn", None), "num_heads", None)
@@ -166,12 +169,13 @@ class _Taps:
                                        f"attn.num_heads (ViT, Swin); the {who}'s layer {ref} is a "
                                        f"{type(block).__name__}; set DISTILL.ATTN_WEIGHT 0")
                 self.handles.append(qkv.register_forward_hook(
-                    self._keep(self.attn, lambda out, h=heads: _attention(out, h))))
+                    self._keep(self.attn, k, lambda out, h=heads: _attention(out, h))))
 
-    def _keep(self, into: list, view: Callable):
+    def _keep(self, into: dict, k: int, view: Callable):
         def hook(module, args, out) -> None:  # returns None: the forward's output stays as it is
-            if self.on and (self.who == "teacher" or (module.training and torch.is_grad_enabled())):
-                into.append(view(out))
+            wanted = self.who == "teacher" or self.force or (module.training and torch.is_grad_enabled())
+            if self.on and wanted:
+                into[k] = view(out)  # a recompute (checkpointing) overwrites its own slot
         return hook
 
     def clear(self) -> None:
@@ -244,11 +248,41 @@ class DistillationLoss:
                      ("attn", self.attn_weight, attention_kd, self._s.attn, self._t.attn))
             for name, weight, fn, s, t in pairs:
                 if weight:
-                    term = sum(fn(a, b) for a, b in zip(s[-len(t):], t)) / max(len(t), 1)
+                    if sorted(s) != sorted(t) or not s:
+                        raise DistillError(f"DISTILL: the {name} taps saw student layers {sorted(s)} and teacher "
+                                           f"layers {sorted(t)} this step; every listed layer must run once per forward")
+                    term = sum(self._term(fn, name, s[k], t[k], k) for k in t) / len(t)
                     loss = loss + weight * term
                     self.parts[name] = term.detach()
             self._s.clear()
         return loss
+
+    @staticmethod
+    def _term(fn: Callable, name: str, s: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
+        try:
+            return fn(s, t)
+        except ValueError as e:
+            raise DistillError(f"DISTILL pair {k} ({name}): {e}; choose layers of one token count (and heads) in "
+                               f"student and teacher (DISTILL.LAYERS / TEACHER_LAYERS)") from None
+
+    def dry_run(self, x: torch.Tensor) -> None:
+        """One loss on ``x`` (eval mode, no grad, nothing updated), so a pair of layers whose shapes
+        disagree is an error before the run writes anything, not at its first step."""
+        if self._s is None:
+            return
+        student = self._s.model
+        was = student.training
+        student.eval()
+        self._s.force = True
+        try:
+            with torch.no_grad():
+                out = student(x)
+                self(x, out, out.argmax(-1))
+        finally:
+            self._s.force = False
+            self._s.clear()
+            self.seconds, self.parts = 0.0, {}
+            student.train(was)
 
 
 
@@ -263,6 +297,14 @@ def build_distillation(cfg, base: Callable, teacher: Optional[nn.Module], studen
     if teacher is None:
         return None
     d = cfg.DISTILL
-    return DistillationLoss(base, teacher, student, kind=d.TYPE.lower(), alpha=d.ALPHA, tau=d.TAU,
+    loss = DistillationLoss(base, teacher, student, kind=d.TYPE.lower(), alpha=d.ALPHA, tau=d.TAU,
                             hidden_weight=d.HIDDEN_WEIGHT, attn_weight=d.ATTN_WEIGHT,
                             layers=list(d.LAYERS), teacher_layers=list(d.TEACHER_LAYERS))
+    device = next(teacher.parameters()).device
+    try:
+        loss.dry_run(torch.zeros(2, cfg.DATA.INPUT_CHANNEL_NUM[0], cfg.DATA.TRAIN_CROP_SIZE,
+                                 cfg.DATA.TRAIN_CROP_SIZE, device=device))
+    except Exception:
+        loss.close()
+        raise
+    return loss

@@ -59,16 +59,19 @@ def train_one_epoch(
     iters = len(loader) if not max_iters else min(max_iters, len(loader))
     logger = MetricLogger(f"epoch {epoch + 1}/{max_epoch}", iters, log_period, device,
                           bar=progress, iters_after=iters * (max_epoch - epoch - 1))
-    correct = 0
+    correct = backwards = 0
     teacher_start = distill.seconds if distill is not None else 0.0
     for step, (images, targets, n_skip) in enumerate(logger.log_every(loader)):
         logger.skipped += n_skip
         group_start = step - step % accum_steps
         in_group = min(accum_steps, iters - group_start)  # the epoch's last group may be shorter
         update = step + 1 == group_start + in_group
-        if step == group_start:  # a group whose last batch was unreadable leaves nothing behind
+        if step == group_start:
             optimizer.zero_grad(set_to_none=True)
+            backwards = 0
         if images is None:
+            if update and backwards:  # the group's last batch was unreadable: step on what it has
+                _step(model, optimizer, scaler, clip_grad, after_step)
             continue
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -93,14 +96,9 @@ def train_one_epoch(
                     f"stopped before using it. Lower SOLVER.BASE_LR, set SOLVER.CLIP_GRAD_L2NORM, or "
                     f"check the data; the last checkpoint on disk is untouched")
             scaler.scale(loss / in_group).backward()
+        backwards += 1
         if update:
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            if after_step is not None:  # e.g. the EMA update
-                after_step()
+            _step(model, optimizer, scaler, clip_grad, after_step)
         if mixup_fn is None:
             correct += (outputs.detach().argmax(1) == hard).sum().item()
         logger.update(loss=loss_value, lr=lr, n=images.shape[0])
@@ -115,6 +113,16 @@ def train_one_epoch(
         stats["teacher_time"] = distill.seconds - teacher_start
         stats["img_s_student"] = stats["samples"] / max(stats["time"] - stats["teacher_time"], 1e-9)
     return stats
+
+
+def _step(model: nn.Module, optimizer, scaler, clip_grad: Optional[float], after_step: Optional[Callable]) -> None:
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    if after_step is not None:  # e.g. the EMA update
+        after_step()
 
 
 @torch.no_grad()

@@ -30,7 +30,8 @@ import torch
 from ..config import ConfigError, check_cfg, get_cfg, load_config, merge_opts
 from ..data import build_dataset, build_loader
 from ..engine import checkpoint as cu
-from ..engine.distill import load_teacher
+from ..engine.distill import build_distillation, load_teacher
+from ..engine.distributed import DistInfo, pick_device
 from ..engine.loop import evaluate
 from ..engine.runfolder import atomic_write
 from ..engine.verify import ConsistencyError
@@ -76,8 +77,8 @@ def student_config(tcfg, checkpoint: str, out: str, share_rate: int, num_sets: i
     ws.ENABLE, ws.REDUCTION_FN = True, fusion
     if layer_map:
         ws.SHARING_MAPPING, ws.LAYER_MAP, ws.SHARE_RATE, ws.NUM_SETS = "custom", list(layer_map), 1, 0
-    else:
-        ws.SHARE_RATE, ws.NUM_SETS = share_rate, num_sets
+    else:  # a set count replaces the rate (both given must agree, and only one was)
+        ws.SHARE_RATE, ws.NUM_SETS = (1, num_sets) if num_sets else (share_rate, 0)
     t = cfg.TRAIN
     t.CHECKPOINT_FILE_PATH, t.CHECKPOINT_EPOCH_RESET, t.AUTO_RESUME = os.path.abspath(checkpoint), True, True
     cfg.DISTILL = get_cfg().DISTILL
@@ -140,6 +141,21 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def preflight(cfg, teacher) -> None:
+    """What the training run would refuse at its start, refused before compress writes anything:
+    the train split, the start file against the student, the distillation taps against both."""
+    from ..engine.trainer import build_loss
+    from ..models import build_model
+
+    build_dataset(cfg, "train")
+    student = build_model(cfg)
+    ck = cu.load_checkpoint(cfg.TRAIN.CHECKPOINT_FILE_PATH)
+    cu.load_model_weights(student, ck["model_state"], source=cfg.TRAIN.CHECKPOINT_FILE_PATH)
+    loss = build_distillation(cfg, build_loss(cfg), teacher, student)
+    if loss is not None:
+        loss.close()
+
+
 def compress(checkpoint: str, out: str, cfg_files: Sequence[str] = (), opts: Sequence[str] = (),
              share_rate: int = 2, num_sets: int = 0, fusion: str = "mean", suggest: int = 0, epochs: int = 0,
              distill: bool = True, export: str = "", say=print) -> dict:
@@ -170,7 +186,11 @@ def compress(checkpoint: str, out: str, cfg_files: Sequence[str] = (), opts: Seq
     check_cfg(cfg, "train")  # the plan, the recipe, the teacher path
     val = build_dataset(cfg, "val")
     classes = list(getattr(val, "classes", []))
+    if cfg.NUM_GPUS > 1:
+        raise ConfigError(f"spin compress trains in one process; NUM_GPUS {cfg.NUM_GPUS} needs torchrun: run its "
+                          f"steps (spin train with DISTILL, spin fuse, spin export) or set NUM_GPUS 1")
     teacher, _ = load_teacher(cfg, classes)  # classes, inputs, keys: before anything is written
+    preflight(cfg, teacher)
     if export == "onnx":
         from .export import _require_onnx
 
@@ -190,7 +210,8 @@ def compress(checkpoint: str, out: str, cfg_files: Sequence[str] = (), opts: Seq
         check_cfg(cfg, "train")
 
     say(f"spin compress: training the WFWS student in {cfg.OUTPUT_DIR} (a rerun resumes it)")
-    run = train(cfg)  # 2. train (resumable: the engine's AUTO_RESUME)
+    device = pick_device(cfg.NUM_GPUS, 0)
+    run = train(cfg, DistInfo(device=device))  # 2. train (resumable: the engine's AUTO_RESUME)
     final, own = run["checkpoint"], run["checkpoint_eval"]
     fused_path = os.path.join(out, "fused.pyth")  # 3. fuse
     fused = fuse_checkpoint(cfg, final, fused_path, safetensors=True, overwrite=True)
@@ -204,7 +225,6 @@ def compress(checkpoint: str, out: str, cfg_files: Sequence[str] = (), opts: Seq
     # 5. both models rebuilt from their files, one evaluation function, one loader
     tmodel, _, _ = cu.build_model_from_checkpoint(checkpoint, cfg=None if not cfg_files else tcfg)
     smodel, _, _ = cu.build_model_from_checkpoint(fused_path)
-    device = torch.device("cuda" if cfg.NUM_GPUS and torch.cuda.is_available() else "cpu")
     loader = build_loader(cfg, val, False, cfg.TEST.BATCH_SIZE)
     rows = []
     for name, path, m in (("teacher (vanilla)", checkpoint, tmodel), ("student (fused WS)", fused_path, smodel)):
