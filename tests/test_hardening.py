@@ -351,8 +351,12 @@ def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(world, tmp_pat
     cmd = [sys.executable, "-m", "spin.cli", "train", *base(world, out, "SOLVER.MAX_EPOCH", "200", "TEST.ENABLE",
                                                              "False", "LOG_PERIOD", "0")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # A terminal's Ctrl-C: the child starts with SIGINT's default disposition even if this process
+    # inherited or was left with it ignored (a child inherits SIG_IGN and Python then never raises
+    # KeyboardInterrupt)
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while p.poll() is None and time.time() < deadline and cu.latest_checkpoint(str(out)) is None:
         time.sleep(0.05)
