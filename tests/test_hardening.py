@@ -350,7 +350,7 @@ def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(world, tmp_pat
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "spin.cli", "train", *base(world, out, "SOLVER.MAX_EPOCH", "200", "TEST.ENABLE",
                                                              "False", "LOG_PERIOD", "0")]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     # A terminal's Ctrl-C: the child starts with SIGINT's default disposition even if this process
     # inherited or was left with it ignored (a child inherits SIG_IGN and Python then never raises
     # KeyboardInterrupt)
@@ -361,7 +361,12 @@ def test_ctrl_c_during_training_is_one_line_and_the_rerun_resumes(world, tmp_pat
     while p.poll() is None and time.time() < deadline and cu.latest_checkpoint(str(out)) is None:
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, as in a terminal
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # say where it hangs: faulthandler dumps every thread on SIGABRT
+        os.killpg(p.pid, signal.SIGABRT)
+        _, err = p.communicate(timeout=60)
+        pytest.fail(f"the run did not stop within 60 s of Ctrl-C; its threads at SIGABRT:\n{err[-6000:]}")
     latest = cu.latest_checkpoint(str(out))
     assert p.returncode == 130 and err.strip() == f"spin: interrupted; rerun the same command to resume from {latest}", err
     done = cu.epochs_done(latest)
