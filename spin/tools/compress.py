@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 from typing import Optional, Sequence
 
 import torch
@@ -38,6 +37,7 @@ from ..engine.verify import ConsistencyError
 from ..models.factory import family_of
 from ..paths import check_folder
 from ..share_transform import unique_parameters
+from .bench import _timed
 from .fuse import fuse_checkpoint, human_bytes
 
 STUDENT_ONLY = ("WEIGHT_SHARE.", "DISTILL.", "SOLVER.", "TRAIN.GRAD_ACCUM_STEPS", "MODEL_EMA.")
@@ -101,13 +101,7 @@ def _speed(models: dict, x: torch.Tensor, rounds: int = 5) -> dict:
             m(x)  # warm-up
         for _ in range(rounds):
             for k, m in models.items():
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)
-                start = time.perf_counter()
-                m(x)
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)
-                times[k].append(time.perf_counter() - start)
+                times[k].append(_timed(lambda: m(x), x.device, 1))
     return {k: x.shape[0] / statistics.median(v) for k, v in times.items()}
 
 
